@@ -1,0 +1,1 @@
+"""The `crossvis` command: a thin face over the Python API."""

@@ -1,0 +1,109 @@
+"""Subcommand handlers: parse -> call the Python API -> print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from crossvis.errors import CrossVISError, atomic_write
+
+log = logging.getLogger("crossvis")
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from crossvis.data.synthetic import SynthParams, generate
+
+    p = SynthParams(videos=args.videos, frames=args.frames, seed=args.seed, height=args.height, width=args.width,
+                    num_classes=args.classes, difficulty=args.difficulty, compressed_rle=args.compressed_rle)
+    s = generate(args.out_dir, p)
+    _out(f"wrote {args.out_dir}/annotations.json and {s['frames']} frames in {args.out_dir}/JPEGImages")
+    _out(f"categories ({len(s['categories'])}): {', '.join(s['categories'])}")
+    _out(f"identities: {s['identities']}  videos: {s['videos']}  instances/video: {s['instances_per_video']:.2f}  "
+         f"entering late or returning: {100 * s['late_or_returning_fraction']:.0f}%")
+    for v in s["per_video"][:10]:
+        _out(f"  video {v['video']:4d}: {v['frames']:3d} frames {v['size'][0]}x{v['size'][1]}, "
+             f"{v['instances']} instances ({v['late_or_returning']} late/returning)")
+    if len(s["per_video"]) > 10:
+        _out(f"  ... {len(s['per_video']) - 10} more videos")
+    return 0
+
+
+def print_metrics(result) -> None:
+    from crossvis.evaluation.report import format_metrics
+
+    _out(format_metrics(result))
+
+
+def write_metrics(result, path: str) -> None:
+    with atomic_write(path) as f:
+        json.dump(result.to_dict(), f, indent=1)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from crossvis.evaluation import evaluate
+
+    result = evaluate(args.annotations, args.results)
+    print_metrics(result)
+    if args.output:
+        write_metrics(result, args.output)
+        _out(f"wrote {args.output}")
+    return 0
+
+
+def _not_yet(name: str) -> int:
+    raise CrossVISError(name, "not implemented yet in this version of crossvis")
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from crossvis.engine.inference import infer_dataset
+
+    return infer_dataset(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from crossvis.engine.inference import predict_source
+
+    return predict_source(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from crossvis.engine.trainer import train_from_cli
+
+    return train_from_cli(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from crossvis.engine.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from crossvis.engine.benchmark import run_benchmark
+
+    return run_benchmark(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from crossvis.engine.checkpoint import export_weights
+
+    export_weights(args.checkpoint, args.output)
+    _out(f"wrote {args.output}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from crossvis.engine.checkpoint import convert_official
+
+    convert_official(args.checkpoint, args.output, args.config)
+    _out(f"wrote {args.output}")
+    return 0
+
+
+__all__ = [name for name in dir(sys.modules[__name__]) if name.startswith("cmd_")]

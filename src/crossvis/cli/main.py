@@ -1,0 +1,149 @@
+"""``crossvis`` command-line entry point.
+
+Every subcommand parses its arguments and calls the Python API. Errors follow one convention:
+a :class:`~crossvis.errors.CrossVISError` becomes ``crossvis: error: <where>: <what>`` on stderr and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from crossvis.errors import CrossVISError
+
+log = logging.getLogger("crossvis")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in the crossvis one-line format."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CrossVISError(self.prog, message)
+
+
+def _add_weights(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--weights",
+        required=required,
+        help="a .safetensors file written by crossvis, or the name of a shipped weight set (synthetic-tiny)",
+    )
+    p.add_argument("--config", help="YAML config to override the weights' own config (optional)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crossvis import __version__
+
+    parser = _Parser(
+        prog="crossvis",
+        description="Fast online video instance segmentation (CrossVIS) in plain PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"crossvis {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("synth", help="generate a synthetic YouTube-VIS-format dataset")
+    p.add_argument("out_dir", help="output folder (JPEGImages/ and annotations.json are written there)")
+    p.add_argument("--videos", type=int, default=60, help="number of videos (default 60)")
+    p.add_argument("--frames", type=int, default=12, help="frames per video; lengths vary around it (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=192)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--classes", type=int, default=5, help="number of object classes, 1-8 (default 5)")
+    p.add_argument("--difficulty", type=float, default=1.0, help="0 easy .. 2 hard (default 1.0)")
+    p.add_argument("--compressed-rle", action="store_true", help="write compressed (string) RLE")
+
+    p = sub.add_parser("evaluate", help="official YouTube-VIS AP of a results file")
+    p.add_argument("annotations", help="ground-truth JSON (YouTube-VIS format)")
+    p.add_argument("results", help="results JSON (official submission format)")
+    p.add_argument("--output", help="write the 12 stats (and per-category AP) as JSON")
+
+    p = sub.add_parser("infer", help="run a model over every video of a dataset JSON -> results file")
+    _add_weights(p)
+    p.add_argument("--annotations", required=True, help="dataset JSON (videos are read from it)")
+    p.add_argument("--images", required=True, help="image root that file_names are relative to")
+    p.add_argument("--output", required=True, help="results JSON to write")
+    p.add_argument("--zip", action="store_true", help="also write the zip the evaluation servers accept")
+    p.add_argument("--evaluate", action="store_true", help="evaluate when the JSON has annotations")
+
+    p = sub.add_parser("predict", help="segment and track a video file, frame folder or webcam")
+    p.add_argument("source", help="video file, folder of frames, or webcam index (0, 1, ...)")
+    _add_weights(p)
+    p.add_argument("--output", required=True, help="overlay video to write (.mp4)")
+    p.add_argument("--json", help="also write the tracks as JSON")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--output", help="output folder (default: the config's output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output")
+    p.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+
+    p = sub.add_parser("demo", help="run the shipped weights on a fresh synthetic clip (what `make demo` does)")
+    p.add_argument("--output", default="demo_output", help="output folder (default demo_output)")
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("benchmark", help="measure model and end-to-end speed")
+    _add_weights(p, required=False)
+    p.add_argument("--size", default="360x640", help="input HxW (default 360x640)")
+    p.add_argument("--backbone", default="", help="time a builder (resnet50 ...) with random weights instead")
+    p.add_argument("--iters", type=int, default=10)
+
+    p = sub.add_parser("export", help="export weights (+config, class names) to one safetensors file")
+    p.add_argument("checkpoint", help="a training checkpoint or weights file")
+    p.add_argument("--output", required=True)
+
+    p = sub.add_parser("convert", help="convert official CrossVIS/CondInst detectron2 checkpoints")
+    p.add_argument("checkpoint", help="official .pth (detectron2 format)")
+    p.add_argument("--output", required=True, help=".safetensors file to write")
+    p.add_argument("--config", help="YAML config describing the architecture (default R-50)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from crossvis.cli import commands
+
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, f"cmd_{args.command}")
+    return handler(args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command == "train" and not any(e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]  # key=value overrides after options
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        logging.basicConfig(
+            level=logging.WARNING if args.quiet else logging.INFO,
+            format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s",
+        )
+        if args.command is None:
+            build_parser().print_help(sys.stderr)
+            return 2
+        return _run(args)
+    except CrossVISError as e:
+        if debug:
+            raise
+        print(f"crossvis: error: {e.where}: {e.what}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crossvis: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"crossvis: error: {type(e).__name__}: {msg} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

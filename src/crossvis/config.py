@@ -1,0 +1,356 @@
+"""Configuration: plain dataclasses, small YAML files, ``key.sub=value`` overrides.
+
+Keys are the official detectron2/AdelaiDet names in lower case (``MODEL.FCOS.NMS_TH`` -> ``model.fcos.nms_th``,
+``SOLVER.MAX_ITER`` -> ``solver.max_iter``). Defaults are the official CrossVIS R-50 1x settings. A YAML file
+may name a ``_base_`` file (relative to itself) whose values it overrides. Unknown keys and wrong types are
+errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crossvis.errors import CrossVISError
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"  # resnet50 | resnet101 | dla34 | any timm model with features_only
+    freeze_at: int = 2  # 0: nothing frozen; 1: stem; 2: stem + first stage (official)
+    stride_in_1x1: bool = True  # MSRA/detectron2 ResNet form: stride on the first 1x1 conv
+    pretrained: bool = False  # load timm ImageNet weights (needs them cached, or `weights_file`)
+    weights_file: str = ""  # local ImageNet weights (safetensors or .pth state dict) for the trunk
+    frozen_bn: bool = True
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256
+
+
+@dataclass
+class FCOSConfig:
+    num_classes: int = 40
+    fpn_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    num_convs: int = 4  # cls, box and identity towers each (NUM_CLS_CONVS = NUM_BOX_CONVS = 4)
+    norm: str = "GN"  # GN (32 groups) | none
+    prior_prob: float = 0.01
+    center_sample: bool = True
+    pos_radius: float = 1.5
+    sizes_of_interest: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    loss_alpha: float = 0.25
+    loss_gamma: float = 2.0
+    inference_th_test: float = 0.05
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_test: int = 100
+    nms_th: float = 0.6
+
+
+@dataclass
+class CondInstConfig:
+    mask_out_stride: int = 4
+    max_proposals: int = 500
+    mask_head_channels: int = 8
+    mask_head_num_layers: int = 3
+    disable_rel_coords: bool = False
+    mask_branch_channels: int = 128
+    mask_branch_num_convs: int = 4
+    mask_branch_out_channels: int = 8
+    mask_branch_norm: str = "BN"  # BN | SyncBN | none
+
+
+@dataclass
+class CrossVISConfig:
+    crossover: bool = True
+    embedding_dim: int = 256
+    # global_focal (the paper's global balanced embedding, default) | global_ce | pairwise_ce | pairwise_focal
+    identity_loss: str = "global_focal"
+    num_identities: int = 0  # 0: read from the training dataset (never hard-coded)
+    sample_region: int = 20  # reference frame within +-N annotated frames of the key frame
+    loss_weight_crossover: float = 1.0
+    loss_weight_identity: float = 1.0
+    loss_weight_det: float = 1.0
+    backbone_grad_scale: float = 0.1  # gradient into FPN + backbone scaled by this (official 0.1x trick)
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    fcos: FCOSConfig = field(default_factory=FCOSConfig)
+    condinst: CondInstConfig = field(default_factory=CondInstConfig)
+    crossvis: CrossVISConfig = field(default_factory=CrossVISConfig)
+    width: int = 256  # head/FPN width; the tiny CPU model uses less
+    weights: str = ""  # initial weights: our .safetensors, a shipped name, or an official .pth/.pkl
+
+
+@dataclass
+class SynthConfig:
+    """Settings of `crossvis synth`, used when a config's synthetic dataset folder is absent."""
+
+    videos: int = 60
+    frames: int = 12
+    seed: int = 0
+    height: int = 192
+    width: int = 256
+    num_classes: int = 5
+    difficulty: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    train_json: str = "datasets/youtubevis/annotations/train.json"
+    train_images: str = "datasets/youtubevis/train/JPEGImages"
+    val_json: str = ""
+    val_images: str = ""
+    synth_train: SynthConfig | None = None  # generate the train split first when absent
+    synth_val: SynthConfig | None = None
+    num_workers: int = 4
+    filter_empty_annotations: bool = True
+
+
+@dataclass
+class InputConfig:
+    min_size_train: list[int] = field(default_factory=lambda: [360])
+    max_size_train: int = 640
+    min_size_test: int = 360
+    max_size_test: int = 640
+    hflip_train: bool = True
+    format: str = "BGR"  # BGR 0-255 (official weights) or RGB
+    pixel_mean: list[float] = field(default_factory=lambda: [103.530, 116.280, 123.675])
+    pixel_std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    size_divisibility: int = 32
+
+
+@dataclass
+class SolverConfig:
+    ims_per_batch: int = 16  # frame pairs per iteration, over all ranks
+    base_lr: float = 0.005
+    reference_batch: int = 16  # base_lr is for this many pairs; lr = base_lr * ims_per_batch / reference_batch
+    scale_lr: bool = True
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    steps: list[int] = field(default_factory=lambda: [15000, 21000])
+    gamma: float = 0.1
+    max_iter: int = 23000
+    warmup_factor: float = 0.001
+    warmup_iters: int = 1000
+    checkpoint_period: int = 1900
+    checkpoint_keep: int = 3
+    grad_accum: int = 1  # micro-batches per optimizer step (per rank); global batch stays ims_per_batch
+    clip_gradients: float = 0.0  # max global grad norm; 0 = off (official)
+    amp: bool = False  # CUDA automatic mixed precision
+    max_nonfinite: int = 5  # abort after this many non-finite losses in a row
+
+
+@dataclass
+class TrackerConfig:
+    match_threshold: float = 0.4
+    memory_momentum: float = 0.0  # 0: compare with the last detection (official); else EMA of embeddings
+    max_missed: int = 0  # 0: tracks never end (official)
+    min_new_score: float = 0.0  # 0: every detection can open a track (official)
+    hungarian: bool = False  # greedy (official) or Hungarian assignment
+    use_embedding: bool = True  # False: IoU-only association (for comparison)
+
+
+@dataclass
+class TestConfig:
+    eval_period: int = 0
+    detections_per_image: int = 100
+    mask_threshold: float = 0.5
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    seed: int = 0
+    output_dir: str = "runs/crossvis"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise CrossVISError(path, "_base_ inheritance loops back to this file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CrossVISError(path, f"cannot read config: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise CrossVISError(path, f"invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CrossVISError(path, "a config file must be a mapping of keys to values")
+    base = data.pop("_base_", None)
+    if base:
+        data = _merge(_read_yaml(path.parent / base, (*seen, path)), data)
+    return data
+
+
+def _is_instance(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a (simple) type annotation; return (ok, value converted where safe)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return True, None
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                ok, conv = _is_instance(value, arg)
+                if ok:
+                    return True, conv
+        return False, value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for v in value:
+            ok, conv = _is_instance(v, item_tp)
+            if not ok:
+                return False, value
+            out.append(conv)
+        return True, out
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False, value
+        return True, float(value)
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def _build(cls: type, data: dict, where: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise CrossVISError(where, f"unknown config key '{full}'")
+        tp = hints[key]
+        sub = _dataclass_of(tp)
+        if sub is not None and isinstance(value, dict):
+            kwargs[key] = _build(sub, value, where, f"{full}.")
+            continue
+        if sub is not None and value is not None:
+            raise CrossVISError(where, f"config key '{full}' must be a mapping, got {value!r}")
+        ok, conv = _is_instance(value, tp)
+        if not ok:
+            raise CrossVISError(where, f"config key '{full}' must be {_type_name(tp)}, got {value!r}")
+        kwargs[key] = conv
+    return cls(**kwargs)
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["solver.max_iter=20", "model.fcos.nms_th=0.5"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise CrossVISError(item, "an override must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CrossVISError(item, f"'{part}' is set both as a value and as a group")
+        node[parts[-1]] = value
+    return out
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict, where: str = "<config>") -> Config:
+    return _build(Config, data, where, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (with ``_base_``) and apply ``key.sub=value`` overrides on top of the defaults."""
+    data: dict = {}
+    where = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        data = _read_yaml(path)
+        where = str(path)
+    cfg = _build(Config, data, where, "")
+    if overrides:
+        over = parse_overrides(overrides)
+        cfg = _build(Config, _merge(config_to_dict(cfg), over), "command line", "")
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped inside the package (``synthetic_tiny``, ``crossvis_R50_1x``, ...)."""
+    return CONFIG_DIR / f"{name.removesuffix('.yaml')}.yaml"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or else the packaged config of that name."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    q = packaged_config(p.name)
+    if q.is_file():
+        return q
+    raise CrossVISError(path, "config file not found")

@@ -1,0 +1,403 @@
+"""The official YouTube-VIS video AP (youtubevos/cocoapi ``ytvoseval``), reproduced exactly and fast.
+
+Protocol (see ``docs/evaluation.md``): video IoU = sum over frames of intersections / sum of unions;
+per-track size = mean of the non-null, non-zero per-frame areas (GT: the ``areas`` field as given); area ranges
+inclusive at both ends; maxDets 1/10/100 per (video, category); IoU thresholds 0.50:0.05:0.95; 101 recall
+points; stable score sorts (cross-video ties in ascending video id); greedy matching where a non-ignored GT
+beats an ignored one and equal IoU goes to the later GT; crowd GT ignored and never used up.
+
+Speed: IoUs come from one pycocotools ``iou`` call per frame for all (result, GT) pairs of a video, turned
+into exact integer intersections, and summed; unions are then ``area(d) + area(g) - inter`` summed over frames.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from crossvis.data.masks import to_rle
+from crossvis.data.ytvis import YTVISDataset, read_json
+from crossvis.errors import CrossVISError
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+MAX_DETS = (1, 10, 100)
+AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 128.0**2), "medium": (128.0**2, 256.0**2), "large": (256.0**2, 1e10)}
+STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+@dataclass
+class _Track:
+    """One GT or result track of a video, as the evaluator needs it."""
+
+    id: int  # GT annotation id, or 1-based position in the results file
+    category_id: int
+    score: float
+    iscrowd: bool
+    area: float  # per-track size (official definition)
+    frame_areas: np.ndarray  # (T,) int64 pixel count per frame, 0 where absent
+    present: np.ndarray  # (T,) bool
+    rles: list  # per frame compressed RLE or None
+
+
+@dataclass
+class EvalResult:
+    stats: dict[str, float]
+    per_category: dict[str, float]  # category name -> AP (-1 without GT)
+    identity: dict[str, Any] = field(default_factory=dict)
+    precision: np.ndarray | None = None  # (T, R, K, A, M)
+    recall: np.ndarray | None = None  # (T, K, A, M)
+
+    def to_dict(self) -> dict:
+        return {**self.stats, "per_category_AP": self.per_category, "identity": self.identity}
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _load_gt(annotations: str | os.PathLike | dict | YTVISDataset) -> YTVISDataset:
+    if isinstance(annotations, YTVISDataset):
+        return annotations
+    ds = YTVISDataset(annotations)
+    if not ds.has_annotations:
+        raise CrossVISError(ds.source, "has no 'annotations': it cannot be used as ground truth")
+    return ds
+
+
+def _rles_of(segs: list, h: int, w: int, where: str) -> list:
+    """Per-frame segmentations -> RLEs pycocotools takes (None where absent).
+
+    Compressed RLEs (str counts) are used as they are; uncompressed ones are compressed in one batch;
+    polygons are rasterised at the video size.
+    """
+    rles: list = [None] * len(segs)
+    batch = []
+    for f, s in enumerate(segs):
+        if s is None or s == [] or s == {}:
+            continue
+        counts = s.get("counts") if isinstance(s, dict) else None
+        if isinstance(counts, str):
+            rles[f] = s
+        elif isinstance(counts, list):
+            batch.append(f)
+        else:
+            rles[f] = to_rle(s, h, w, f"{where}: frame {f}")
+    if batch:
+        objs = [segs[f] for f in batch]
+        total = np.array([sum(o["counts"]) for o in objs])
+        if (total != h * w).any():
+            f = batch[int(np.flatnonzero(total != h * w)[0])]
+            raise CrossVISError(f"{where}: frame {f}", f"malformed uncompressed RLE: counts must sum to {h * w}")
+        for f, r in zip(batch, mask_utils.frPyObjects(objs, h, w)):
+            rles[f] = r
+    return rles
+
+
+def _make_track(tid: int, cid: int, score: float, crowd: bool, rles: list, length: int,
+                areas: list | None) -> _Track:
+    present = np.fromiter((r is not None for r in rles), dtype=bool, count=length)
+    frame_areas = np.zeros(length, dtype=np.int64)
+    idx = np.flatnonzero(present)
+    if idx.size:
+        frame_areas[idx] = mask_utils.area([rles[i] for i in idx])
+    if areas is None:  # results: the pixel counts; keep truthy (non-null, non-zero) entries
+        kept = frame_areas[frame_areas > 0].tolist()
+    else:  # GT: the `areas` field as given
+        kept = [x for x in areas if x]
+    area = float(np.mean(np.asarray(kept, dtype=np.float64))) if kept else 0.0
+    return _Track(id=tid, category_id=cid, score=score, iscrowd=crowd, area=area, frame_areas=frame_areas,
+                  present=present, rles=rles)
+
+
+def _gt_tracks(ds: YTVISDataset) -> dict[int, list[_Track]]:
+    out: dict[int, list[_Track]] = {}
+    for v in ds.videos:
+        tracks = []
+        for a in v.annotations:
+            where = f"{ds.source}: annotation id {a['id']}"
+            rles = _rles_of(a["segmentations"], v.height, v.width, where)
+            areas = a.get("areas")
+            if areas is None:  # not in the official format, but common in users' files: size from the masks
+                areas = [int(x) for x in mask_utils.area([r for r in rles if r is not None])] if any(
+                    r is not None for r in rles) else []
+            elif not isinstance(areas, list) or not all(x is None or isinstance(x, int | float) for x in areas):
+                raise CrossVISError(where, "'areas' must be a list of numbers or null")
+            tracks.append(_make_track(a["id"], a["category_id"], 0.0, bool(a.get("iscrowd", 0)), rles,
+                                      v.length, areas))
+        out[v.id] = tracks
+    return out
+
+
+def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[int, list[_Track]]:
+    """Validate a results list against the GT videos/categories -> result tracks per video."""
+    where = "<results>" if isinstance(results, list) else str(results)
+    data = results if isinstance(results, list) else read_json(results)
+    if not isinstance(data, list):
+        raise CrossVISError(where, "results must be a JSON list of {video_id, category_id, score, segmentations}")
+    out: dict[int, list[_Track]] = defaultdict(list)
+    cats = set(ds.category_ids)
+    for i, r in enumerate(data):
+        w = f"{where}: result {i}"
+        if not isinstance(r, dict):
+            raise CrossVISError(w, "must be an object")
+        vid = r.get("video_id")
+        video = ds.video_by_id.get(vid) if isinstance(vid, int) and not isinstance(vid, bool) else None
+        if video is None:
+            raise CrossVISError(w, f"unknown video_id {vid!r}")
+        cid = r.get("category_id")
+        if cid not in cats or isinstance(cid, bool):
+            raise CrossVISError(w, f"unknown category_id {cid!r}")
+        score = r.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+            raise CrossVISError(w, f"score must be a finite number, got {score!r}")
+        segs = r.get("segmentations")
+        if not isinstance(segs, list):
+            raise CrossVISError(w, "'segmentations' must be a list (one RLE or null per frame)")
+        if len(segs) != video.length:
+            raise CrossVISError(w, f"{len(segs)} segmentations for video {vid} of {video.length} frames")
+        size = [video.height, video.width]
+        for f, s in enumerate(segs):
+            if s is None or s == [] or s == {}:
+                continue
+            if not isinstance(s, dict) or "counts" not in s:
+                raise CrossVISError(f"{w}: frame {f}", "segmentation must be an RLE {size, counts} or null")
+            if s.get("size") != size:
+                raise CrossVISError(f"{w}: frame {f}", f"RLE size {s.get('size')} differs from the video size {size}")
+        rles = _rles_of(segs, video.height, video.width, w)
+        try:
+            out[vid].append(_make_track(i + 1, cid, float(score), False, rles, video.length, None))
+        except CrossVISError:
+            raise
+        except Exception as e:
+            raise CrossVISError(w, f"malformed RLE ({e})") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ IoU
+
+
+def video_ious(dts: list[_Track], gts: list[_Track], length: int,
+               keep_frames: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Video IoU matrix (D, G), and (``keep_frames``) the per-frame mask IoUs for the identity diagnostics."""
+    D, G = len(dts), len(gts)
+    per_frame: list[np.ndarray] = []
+    if D == 0 or G == 0:
+        return np.zeros((D, G)), per_frame
+    pd = np.stack([d.present for d in dts])  # (D, T)
+    pg = np.stack([g.present for g in gts])
+    ad = np.stack([d.frame_areas for d in dts]).astype(np.float64)
+    ag = np.stack([g.frame_areas for g in gts]).astype(np.float64)
+    inter = np.zeros((D, G), dtype=np.float64)
+    for t in range(length):
+        di, gi = np.flatnonzero(pd[:, t]), np.flatnonzero(pg[:, t])
+        if keep_frames:
+            per_frame.append(np.zeros((D, G)))
+        if di.size == 0 or gi.size == 0:
+            continue
+        iou = np.asarray(mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi],
+                                        [0] * gi.size), dtype=np.float64).reshape(di.size, gi.size)
+        s = ad[di, t][:, None] + ag[gi, t][None, :]
+        # iou = i / (a_d + a_g - i)  =>  i = iou (a_d + a_g) / (1 + iou), an integer: recover it exactly
+        inter[di[:, None], gi[None, :]] += np.rint(iou * s / (1.0 + iou))
+        if keep_frames:
+            per_frame[-1][di[:, None], gi[None, :]] = iou
+    union = ad.sum(1)[:, None] + ag.sum(1)[None, :] - inter
+    ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return ious, per_frame
+
+
+# ------------------------------------------------------------------------------------------------ matching
+
+
+def _match(ious: np.ndarray, gt_ids: list[int], gt_ignore: np.ndarray, crowd: list[bool],
+           n_dt: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy matching at every IoU threshold -> dt_match (T, D) GT ids (0 = none), dt_ignore (T, D)."""
+    T, G = len(IOU_THRESHOLDS), len(gt_ids)
+    dtm = np.zeros((T, n_dt), dtype=np.int64)
+    dtig = np.zeros((T, n_dt), dtype=bool)
+    if G == 0 or n_dt == 0:
+        return dtm, dtig
+    rows = ious.tolist()
+    ign = gt_ignore.tolist()
+    for ti, thr in enumerate(IOU_THRESHOLDS.tolist()):
+        taken = [False] * G
+        for d in range(n_dt):
+            best = min(thr, 1 - 1e-10)
+            m = -1
+            row = rows[d]
+            for g in range(G):
+                if taken[g] and not crowd[g]:
+                    continue
+                if m > -1 and not ign[m] and ign[g]:
+                    break
+                if row[g] < best:
+                    continue
+                best = row[g]
+                m = g
+            if m == -1:
+                continue
+            dtig[ti, d] = ign[m]
+            dtm[ti, d] = gt_ids[m]
+            taken[m] = True
+    return dtm, dtig
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def evaluate(annotations: str | os.PathLike | dict | YTVISDataset, results: str | os.PathLike | list,
+             with_identity: bool = True) -> EvalResult:
+    """Official YouTube-VIS AP/AR of ``results`` against ``annotations`` (paths or loaded objects).
+
+    Returns an :class:`EvalResult` whose ``stats`` hold the 12 standard numbers in [0, 1] (-1 where undefined),
+    ``per_category`` the AP of each category, and ``identity`` the identity-switch diagnostics.
+    """
+    ds = _load_gt(annotations)
+    gts = _gt_tracks(ds)
+    dts = load_results(results, ds)
+    cat_ids = ds.category_ids
+    K, A, M = len(cat_ids), len(AREA_RANGES), len(MAX_DETS)
+    T, R = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
+    ranges = list(AREA_RANGES.values())
+    # per (category, area) -> list over videos (ascending id) of (scores, dtm, dtig, dt_area_out, n_gt_non_ignored)
+    per_ka: dict[tuple[int, int], list] = defaultdict(list)
+    identity_frames: dict[int, tuple[list[_Track], list[_Track], list[np.ndarray]]] = {}
+
+    for video in ds.videos:
+        vg, vd = gts.get(video.id, []), dts.get(video.id, [])
+        if not vg and not vd:
+            continue
+        ious_all, per_frame = video_ious(vd, vg, video.length, keep_frames=with_identity)
+        if with_identity:
+            identity_frames[video.id] = (vd, vg, per_frame)
+        for k, cid in enumerate(cat_ids):
+            gi = [j for j, g in enumerate(vg) if g.category_id == cid]
+            di = [j for j, d in enumerate(vd) if d.category_id == cid]
+            if not gi and not di:
+                continue
+            # results by descending score, stable; only the top 100 exist for every stat
+            order = sorted(di, key=lambda j: -vd[j].score)[: MAX_DETS[-1]]
+            scores = np.array([vd[j].score for j in order], dtype=np.float64)
+            d_area = np.array([vd[j].area for j in order], dtype=np.float64)
+            sub = ious_all[np.ix_(order, gi)] if order and gi else np.zeros((len(order), len(gi)))
+            for a, (lo, hi) in enumerate(ranges):
+                g_ign = np.array([vg[j].iscrowd or vg[j].area < lo or vg[j].area > hi for j in gi], dtype=bool)
+                perm = np.argsort(g_ign, kind="mergesort")  # non-ignored first, stable
+                gids = [vg[gi[j]].id for j in perm]
+                crowd = [vg[gi[j]].iscrowd for j in perm]
+                dtm, dtig = _match(sub[:, perm], gids, g_ign[perm], crowd, len(order))
+                out_range = (d_area < lo) | (d_area > hi)
+                dtig = dtig | ((dtm == 0) & out_range[None, :])
+                per_ka[k, a].append((scores, dtm, dtig, int((~g_ign).sum())))
+
+    precision = -np.ones((T, R, K, A, M))
+    recall = -np.ones((T, K, A, M))
+    for (k, a), entries in per_ka.items():
+        for m, max_det in enumerate(MAX_DETS):
+            scores = np.concatenate([e[0][:max_det] for e in entries])
+            npig = sum(e[3] for e in entries)
+            if npig == 0:
+                continue
+            inds = np.argsort(-scores, kind="mergesort")
+            dtm = np.concatenate([e[1][:, :max_det] for e in entries], axis=1)[:, inds]
+            dtig = np.concatenate([e[2][:, :max_det] for e in entries], axis=1)[:, inds]
+            tps = (dtm != 0) & ~dtig
+            fps = (dtm == 0) & ~dtig
+            tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
+            fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
+            nd = tp_sum.shape[1]
+            for t in range(T):
+                tp, fp = tp_sum[t], fp_sum[t]
+                rc = tp / npig
+                pr = tp / (fp + tp + np.spacing(1))
+                recall[t, k, a, m] = rc[-1] if nd else 0
+                q = np.zeros(R)
+                if nd:
+                    pr = np.maximum.accumulate(pr[::-1])[::-1]
+                    idx = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
+                    ok = idx < nd
+                    q[ok] = pr[idx[ok]]
+                precision[t, :, k, a, m] = q
+
+    stats = _summarize(precision, recall)
+    names = {c["id"]: c["name"] for c in ds.categories}
+    per_cat = {}
+    for k, cid in enumerate(cat_ids):
+        s = precision[:, :, k, 0, M - 1]
+        per_cat[names[cid]] = float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
+    identity = identity_diagnostics(identity_frames) if with_identity else {}
+    return EvalResult(stats=stats, per_category=per_cat, identity=identity, precision=precision, recall=recall)
+
+
+def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
+    def mean(x: np.ndarray) -> float:
+        return float(np.mean(x[x > -1])) if (x > -1).any() else -1.0
+
+    t50, t75 = 0, 5
+    m100 = len(MAX_DETS) - 1
+    return {
+        "AP": mean(precision[:, :, :, 0, m100]),
+        "AP50": mean(precision[t50, :, :, 0, m100]),
+        "AP75": mean(precision[t75, :, :, 0, m100]),
+        "APs": mean(precision[:, :, :, 1, m100]),
+        "APm": mean(precision[:, :, :, 2, m100]),
+        "APl": mean(precision[:, :, :, 3, m100]),
+        "AR1": mean(recall[:, :, 0, 0]),
+        "AR10": mean(recall[:, :, 0, 1]),
+        "AR100": mean(recall[:, :, 0, m100]),
+        "ARs": mean(recall[:, :, 1, m100]),
+        "ARm": mean(recall[:, :, 2, m100]),
+        "ARl": mean(recall[:, :, 3, m100]),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ identity
+
+
+def identity_diagnostics(frames: dict[int, tuple[list[_Track], list[_Track], list[np.ndarray]]],
+                         iou_threshold: float = 0.5) -> dict[str, Any]:
+    """Identity switches and fragmentations per video (CLEAR-MOT style, on masks, class-agnostic).
+
+    In every frame, GT objects and result tracks present there are matched greedily by descending mask IoU,
+    one-to-one, keeping pairs with IoU >= ``iou_threshold``. For each GT track:
+    an *identity switch* is a frame where it is matched to a different result track than at its previous
+    matched frame; a *fragmentation* is a frame where it is matched again after one or more frames in which
+    it was present but unmatched. Results are not penalised for frames where the GT is absent.
+    """
+    per_video = {}
+    tot_sw = tot_fr = tot_gt = 0
+    for vid, (dts, gts, per_frame) in frames.items():
+        last: dict[int, int] = {}
+        gap: dict[int, bool] = {}
+        switches = frags = 0
+        for t, iou in enumerate(per_frame):
+            if iou.size == 0:
+                continue
+            pairs = np.argwhere(iou >= iou_threshold)
+            order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="mergesort")
+            used_d, used_g = set(), set()
+            for d, g in pairs[order].tolist():
+                if d in used_d or g in used_g:
+                    continue
+                used_d.add(d)
+                used_g.add(g)
+                if g in last and last[g] != d:
+                    switches += 1
+                if gap.get(g):
+                    frags += 1
+                last[g] = d
+                gap[g] = False
+            for g, gt in enumerate(gts):
+                if gt.present[t] and g not in used_g and g in last:
+                    gap[g] = True
+        per_video[vid] = {"id_switches": switches, "fragmentations": frags, "gt_tracks": len(gts)}
+        tot_sw += switches
+        tot_fr += frags
+        tot_gt += len(gts)
+    return {"id_switches": tot_sw, "fragmentations": tot_fr, "gt_tracks": tot_gt, "per_video": per_video}
