@@ -61,7 +61,7 @@ class YTVISDataset:
     Args:
         annotations: path of the JSON file, or the already-loaded dict.
         image_root: folder that the videos' ``file_names`` are relative to.
-        check: also check every segmentation fully and that every image file exists.
+        check: also check every segmentation fully and (with an ``image_root``) that every image file exists.
 
     Attributes:
         videos: list of :class:`Video` in ascending id order, with their annotations attached.
@@ -79,7 +79,7 @@ class YTVISDataset:
         self.image_root = Path(image_root) if image_root is not None else None
         self.raw = data
         self._parse(data, check)
-        if check:
+        if check and self.image_root is not None:
             self.check_images()
 
     # ----------------------------------------------------------------------------------------------- parsing

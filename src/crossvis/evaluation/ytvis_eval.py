@@ -136,8 +136,9 @@ def _gt_tracks(ds: YTVISDataset) -> dict[int, list[_Track]]:
 
 def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[int, list[_Track]]:
     """Validate a results list against the GT videos/categories -> result tracks per video."""
-    where = "<results>" if isinstance(results, list) else str(results)
-    data = results if isinstance(results, list) else read_json(results)
+    from_file = isinstance(results, str | os.PathLike)
+    where = str(results) if from_file else "<results>"
+    data = read_json(results) if from_file else results
     if not isinstance(data, list):
         raise CrossVISError(where, "results must be a JSON list of {video_id, category_id, score, segmentations}")
     out: dict[int, list[_Track]] = defaultdict(list)

@@ -70,5 +70,12 @@ class FCOSHead(nn.Module):
             out["ctrness"].append(self.ctrness(box_t))
             out["bbox_reg"].append(F.relu(self.scales[level](self.bbox_pred(box_t))))
             out["box_tower"].append(box_t)
-            out["embedding"].append(self.identity_bn(self.identity_pred(id_t)))
+            out["embedding"].append(self._identity_norm(self.identity_pred(id_t)))
         return out
+
+    def _identity_norm(self, e: torch.Tensor) -> torch.Tensor:
+        # A level with one value per channel (batch 1, 1x1 map) has no batch statistics: use the running ones.
+        if self.training and e.shape[0] * e.shape[2] * e.shape[3] == 1:
+            bn = self.identity_bn
+            return F.batch_norm(e, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        return self.identity_bn(e)
