@@ -241,6 +241,10 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
         finite_t = torch.tensor(float(finite), device=device)
         if dist.is_initialized():
             dist.all_reduce(finite_t, op=dist.ReduceOp.MIN)
+            # log the mean over ranks (the loss of the global batch, for the normalised FCOS terms)
+            vals = torch.tensor(list(logged.values()), dtype=torch.float64, device=device)
+            dist.all_reduce(vals)
+            logged = dict(zip(logged, (vals / world).tolist()))
         if finite_t.item() < 1:
             bad_in_row += 1
             log.warning("iteration %d: non-finite loss %s, step skipped", it, logged)
