@@ -24,8 +24,15 @@ def make_case(videos: int, frames: int, preds: int, h: int = 360, w: int = 640, 
     vids, anns, res = [], [], []
     aid = 1
     for v in range(1, videos + 1):
-        vids.append({"id": v, "height": h, "width": w, "length": frames,
-                     "file_names": [f"{v}/{t:05d}.jpg" for t in range(frames)]})
+        vids.append(
+            {
+                "id": v,
+                "height": h,
+                "width": w,
+                "length": frames,
+                "file_names": [f"{v}/{t:05d}.jpg" for t in range(frames)],
+            }
+        )
         boxes = []
         for _ in range(3):
             cat = int(rng.integers(1, 41))
@@ -37,8 +44,17 @@ def make_case(videos: int, frames: int, preds: int, h: int = 360, w: int = 640, 
                 m[y + t % 5 : y + bh, x : x + bw] = True
                 segs.append(encode_uncompressed(m))
                 areas.append(int(m.sum()))
-            anns.append({"id": aid, "video_id": v, "category_id": cat, "iscrowd": 0, "segmentations": segs,
-                         "areas": areas, "bboxes": [None] * frames})
+            anns.append(
+                {
+                    "id": aid,
+                    "video_id": v,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "segmentations": segs,
+                    "areas": areas,
+                    "bboxes": [None] * frames,
+                }
+            )
             boxes.append((cat, x, y, bw, bh))
             aid += 1
         for p in range(preds):
@@ -49,8 +65,14 @@ def make_case(videos: int, frames: int, preds: int, h: int = 360, w: int = 640, 
                 m = np.zeros((h, w), bool)
                 m[max(0, y + dy) : y + dy + bh, max(0, x + dx) : x + dx + bw] = True
                 segs.append(encode_mask(m))
-            res.append({"video_id": v, "category_id": cat if p < 6 else int(rng.integers(1, 41)),
-                        "score": float(rng.random()), "segmentations": segs})
+            res.append(
+                {
+                    "video_id": v,
+                    "category_id": cat if p < 6 else int(rng.integers(1, 41)),
+                    "score": float(rng.random()),
+                    "segmentations": segs,
+                }
+            )
     cats = [{"id": c, "name": f"class{c}"} for c in range(1, 41)]
     return {"videos": vids, "categories": cats, "annotations": anns}, res
 
@@ -71,8 +93,10 @@ def main() -> None:
     t0 = time.perf_counter()
     r = evaluate(gt, res)
     dt = time.perf_counter() - t0
-    print(f"command: python benchmarks/bench_eval.py --videos {args.videos} --frames {args.frames} "
-          f"--preds {args.preds}")
+    print(
+        f"command: python benchmarks/bench_eval.py --videos {args.videos} --frames {args.frames} "
+        f"--preds {args.preds}"
+    )
     print(f"crossvis.evaluation.evaluate: {dt:.2f} s  AP={r.stats['AP']:.4f} AR10={r.stats['AR10']:.4f}")
 
 

@@ -38,5 +38,6 @@ def tiny_weights(tmp_path_factory, synth_dir) -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed console script in a subprocess (as a user would)."""
-    return subprocess.run([sys.executable, "-m", "crossvis.cli.main", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "crossvis.cli.main", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )

@@ -34,7 +34,12 @@ def test_synth_round_trip_masks_exact(synth_dir):
                 else:
                     assert np.array_equal(got, m)
                     ys, xs = np.nonzero(m)
-                    assert ann["bboxes"][f] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+                    assert ann["bboxes"][f] == [
+                        xs.min(),
+                        ys.min(),
+                        xs.max() - xs.min() + 1,
+                        ys.max() - ys.min() + 1,
+                    ]
                     assert ann["areas"][f] == int(m.sum())
         img = ds.load_image(video, 0)
         assert img.shape == (h, w, 3) and img.dtype == np.uint8
@@ -59,11 +64,23 @@ def test_category_and_identity_maps(synth_dir):
 
 
 def _one_video(segs, h=4, w=5, extra=None):
-    ann = {"id": 7, "video_id": 1, "category_id": 1, "iscrowd": 0, "segmentations": segs,
-           "bboxes": [None] * len(segs), "areas": [None] * len(segs)}
+    ann = {
+        "id": 7,
+        "video_id": 1,
+        "category_id": 1,
+        "iscrowd": 0,
+        "segmentations": segs,
+        "bboxes": [None] * len(segs),
+        "areas": [None] * len(segs),
+    }
     ann.update(extra or {})
-    return {"videos": [{"id": 1, "file_names": [f"v/{i}.jpg" for i in range(len(segs))], "height": h, "width": w}],
-            "categories": [{"id": 1, "name": "a"}], "annotations": [ann]}
+    return {
+        "videos": [
+            {"id": 1, "file_names": [f"v/{i}.jpg" for i in range(len(segs))], "height": h, "width": w}
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [ann],
+    }
 
 
 def test_loader_accepts_every_segmentation_format():
@@ -80,21 +97,33 @@ def test_loader_accepts_every_segmentation_format():
     assert np.array_equal(ds.decode(v, a, 3), expected) and expected.any()
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["annotations"][0].update(video_id=9), "unknown video_id 9"),
-    (lambda d: d["annotations"][0].update(category_id=9), "unknown category_id 9"),
-    (lambda d: d["annotations"][0]["segmentations"].append(None), "2 segmentations for a video of 1 frames"),
-    (lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [3, 5], "counts": [20]}),
-     "RLE size [3, 5] differs"),
-    (lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [4, 5], "counts": [3, 2]}),
-     "counts must sum to 20"),
-    (lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [4, 5], "counts": 5}),
-     "'counts' must be a list or a string"),
-    (lambda d: d["annotations"][0]["segmentations"].__setitem__(0, [[1, 2, 3]]), "malformed polygon"),
-    (lambda d: d["annotations"].append(copy.deepcopy(d["annotations"][0])), "duplicate annotation id"),
-    (lambda d: d["videos"].append(copy.deepcopy(d["videos"][0])), "duplicate video id 1"),
-    (lambda d: d.pop("videos"), "'videos' must be a list"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["annotations"][0].update(video_id=9), "unknown video_id 9"),
+        (lambda d: d["annotations"][0].update(category_id=9), "unknown category_id 9"),
+        (
+            lambda d: d["annotations"][0]["segmentations"].append(None),
+            "2 segmentations for a video of 1 frames",
+        ),
+        (
+            lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [3, 5], "counts": [20]}),
+            "RLE size [3, 5] differs",
+        ),
+        (
+            lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [4, 5], "counts": [3, 2]}),
+            "counts must sum to 20",
+        ),
+        (
+            lambda d: d["annotations"][0]["segmentations"].__setitem__(0, {"size": [4, 5], "counts": 5}),
+            "'counts' must be a list or a string",
+        ),
+        (lambda d: d["annotations"][0]["segmentations"].__setitem__(0, [[1, 2, 3]]), "malformed polygon"),
+        (lambda d: d["annotations"].append(copy.deepcopy(d["annotations"][0])), "duplicate annotation id"),
+        (lambda d: d["videos"].append(copy.deepcopy(d["videos"][0])), "duplicate video id 1"),
+        (lambda d: d.pop("videos"), "'videos' must be a list"),
+    ],
+)
 def test_loader_rejects_malformed(mutate, message):
     m = np.ones((4, 5), bool)
     data = _one_video([encode_uncompressed(m)])
@@ -132,12 +161,27 @@ def test_videos_without_annotations_are_skipped_with_a_warning(caplog):
 
 
 def test_coco_images_as_one_frame_videos():
-    coco = {"images": [{"id": 4, "file_name": "a.jpg", "height": 4, "width": 5}],
-            "categories": [{"id": 2, "name": "x"}],
-            "annotations": [{"id": 1, "image_id": 4, "category_id": 2, "iscrowd": 0, "area": 6.0,
-                             "bbox": [1, 1, 3, 2], "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]]}]}
+    coco = {
+        "images": [{"id": 4, "file_name": "a.jpg", "height": 4, "width": 5}],
+        "categories": [{"id": 2, "name": "x"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 4,
+                "category_id": 2,
+                "iscrowd": 0,
+                "area": 6.0,
+                "bbox": [1, 1, 3, 2],
+                "segmentation": [[1, 1, 4, 1, 4, 3, 1, 3]],
+            }
+        ],
+    }
     ds = YTVISDataset(coco_as_videos(coco))
-    assert ds.videos[0].length == 1 and ds.num_identities == 1 and ds.decode(ds.videos[0], ds.videos[0].annotations[0], 0).any()
+    assert (
+        ds.videos[0].length == 1
+        and ds.num_identities == 1
+        and ds.decode(ds.videos[0], ds.videos[0].annotations[0], 0).any()
+    )
 
 
 def test_pair_sampler_window_shared_transform_and_links(synth_dir):
@@ -190,11 +234,24 @@ def test_collate_keeps_pairs(synth_dir):
 def test_large_json_loads_fast_enough_to_not_matter(tmp_path):
     # 300 videos x 10 annotations x 20 frames; the benchmark does 3,000 x 100,000
     segs = [{"size": [72, 128], "counts": [100, 50, 9066]}] * 20
-    data = {"videos": [{"id": v, "file_names": [f"{v}/{t}.jpg" for t in range(20)], "height": 72, "width": 128}
-                       for v in range(1, 301)],
-            "categories": [{"id": 1, "name": "a"}],
-            "annotations": [{"id": i + 1, "video_id": i // 10 + 1, "category_id": 1, "iscrowd": 0,
-                             "segmentations": segs, "bboxes": [None] * 20, "areas": [None] * 20}
-                            for i in range(3000)]}
+    data = {
+        "videos": [
+            {"id": v, "file_names": [f"{v}/{t}.jpg" for t in range(20)], "height": 72, "width": 128}
+            for v in range(1, 301)
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "video_id": i // 10 + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentations": segs,
+                "bboxes": [None] * 20,
+                "areas": [None] * 20,
+            }
+            for i in range(3000)
+        ],
+    }
     ds = YTVISDataset(data)
     assert ds.num_identities == 3000 and len(ds.videos) == 300

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 
@@ -57,14 +56,34 @@ def test_predict_bad_source_is_one_line_and_writes_nothing(tmp_path, tiny_weight
     r = run_cli("predict", tmp_path / "bad.mp4", "--weights", tiny_weights, "--output", tmp_path / "o.mp4")
     assert r.returncode == 2 and r.stderr.startswith("crossvis: error: ")
     assert list(tmp_path.iterdir()) == [tmp_path / "bad.mp4"]
-    r = run_cli("predict", tmp_path / "bad.mp4", "--weights", tmp_path / "w.safetensors", "--output", tmp_path / "o.mp4")
+    r = run_cli(
+        "predict",
+        tmp_path / "bad.mp4",
+        "--weights",
+        tmp_path / "w.safetensors",
+        "--output",
+        tmp_path / "o.mp4",
+    )
     assert r.returncode == 2 and "weights file not found" in r.stderr
 
 
 def test_infer_writes_a_results_file_that_evaluate_accepts(tmp_path, synth_dir, tiny_weights):
     res = tmp_path / "results.json"
-    r = run_cli("infer", "--weights", tiny_weights, "--annotations", synth_dir / "annotations.json", "--images",
-                synth_dir / "JPEGImages", "--output", res, "--zip", "--evaluate", "--device", "cpu")
+    r = run_cli(
+        "infer",
+        "--weights",
+        tiny_weights,
+        "--annotations",
+        synth_dir / "annotations.json",
+        "--images",
+        synth_dir / "JPEGImages",
+        "--output",
+        res,
+        "--zip",
+        "--evaluate",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "results.zip").is_file() and "AP50" in r.stdout
     results = json.loads(res.read_text())
@@ -105,8 +124,12 @@ def test_convert_official_checkpoint_names(tmp_path):
 
     off[bb + "stem.conv1.weight"] = torch.rand(64, 3, 7, 7)
     norm(bb + "stem.conv1", 64)
-    for s, blocks, w, cout, cin in [(2, 3, 64, 256, 64), (3, 4, 128, 512, 256), (4, 6, 256, 1024, 512),
-                                    (5, 3, 512, 2048, 1024)]:
+    for s, blocks, w, cout, cin in [
+        (2, 3, 64, 256, 64),
+        (3, 4, 128, 512, 256),
+        (4, 6, 256, 1024, 512),
+        (5, 3, 512, 2048, 1024),
+    ]:
         for b in range(blocks):
             p = f"{bb}res{s}.{b}"
             off[f"{p}.conv1.weight"] = torch.rand(w, cin if b == 0 else cout, 1, 1)
@@ -118,15 +141,30 @@ def test_convert_official_checkpoint_names(tmp_path):
                 off[f"{p}.shortcut.weight"] = torch.rand(cout, cin, 1, 1)
                 norm(f"{p}.shortcut", cout)
     for lvl, c in ((3, 512), (4, 1024), (5, 2048)):
-        off[f"backbone.fpn_lateral{lvl}.weight"], off[f"backbone.fpn_lateral{lvl}.bias"] = torch.rand(256, c, 1, 1), torch.rand(256)
-        off[f"backbone.fpn_output{lvl}.weight"], off[f"backbone.fpn_output{lvl}.bias"] = torch.rand(256, 256, 3, 3), torch.rand(256)
+        off[f"backbone.fpn_lateral{lvl}.weight"], off[f"backbone.fpn_lateral{lvl}.bias"] = (
+            torch.rand(256, c, 1, 1),
+            torch.rand(256),
+        )
+        off[f"backbone.fpn_output{lvl}.weight"], off[f"backbone.fpn_output{lvl}.bias"] = (
+            torch.rand(256, 256, 3, 3),
+            torch.rand(256),
+        )
     for p in ("p6", "p7"):
-        off[f"backbone.top_block.{p}.weight"], off[f"backbone.top_block.{p}.bias"] = torch.rand(256, 256, 3, 3), torch.rand(256)
+        off[f"backbone.top_block.{p}.weight"], off[f"backbone.top_block.{p}.bias"] = (
+            torch.rand(256, 256, 3, 3),
+            torch.rand(256),
+        )
     h = "proposal_generator.fcos_head."
     for t in ("cls", "bbox", "reid"):
         for i in (0, 3, 6, 9):
-            off[f"{h}{t}_tower.{i}.weight"], off[f"{h}{t}_tower.{i}.bias"] = torch.rand(256, 256, 3, 3), torch.rand(256)
-            off[f"{h}{t}_tower.{i + 1}.weight"], off[f"{h}{t}_tower.{i + 1}.bias"] = torch.rand(256), torch.rand(256)
+            off[f"{h}{t}_tower.{i}.weight"], off[f"{h}{t}_tower.{i}.bias"] = (
+                torch.rand(256, 256, 3, 3),
+                torch.rand(256),
+            )
+            off[f"{h}{t}_tower.{i + 1}.weight"], off[f"{h}{t}_tower.{i + 1}.bias"] = (
+                torch.rand(256),
+                torch.rand(256),
+            )
     for name, co, k in (("cls_logits", 40, 3), ("bbox_pred", 4, 3), ("ctrness", 1, 3), ("reid_pred", 256, 1)):
         off[f"{h}{name}.weight"], off[f"{h}{name}.bias"] = torch.rand(co, 256, k, k), torch.rand(co)
     for i in range(5):
@@ -146,7 +184,10 @@ def test_convert_official_checkpoint_names(tmp_path):
         for k in ("weight", "bias", "running_mean", "running_var"):
             off[f"mask_branch.tower.{i}.1.{k}"] = torch.rand(128)
         off[f"mask_branch.tower.{i}.1.num_batches_tracked"] = torch.tensor(1)
-    off["mask_branch.tower.4.weight"], off["mask_branch.tower.4.bias"] = torch.rand(8, 128, 1, 1), torch.rand(8)
+    off["mask_branch.tower.4.weight"], off["mask_branch.tower.4.bias"] = (
+        torch.rand(8, 128, 1, 1),
+        torch.rand(8),
+    )
     off["controller.weight"], off["controller.bias"] = torch.rand(169, 256, 3, 3), torch.rand(169)
     off["cls.weight"], off["cls.bias"] = torch.rand(3774, 256), torch.rand(3774)
     assert len(off) == 397  # the reference notes' key count
@@ -159,7 +200,9 @@ def test_convert_official_checkpoint_names(tmp_path):
     sd = model.state_dict()
     assert len(w.class_names) == 40 and w.class_names[0] == "person"
     assert torch.equal(sd["backbone.body.layer3.5.conv2.weight"], off[bb + "res4.5.conv2.weight"])
-    assert torch.equal(sd["backbone.body.layer2.0.downsample.1.running_var"], off[bb + "res3.0.shortcut.norm.running_var"])
+    assert torch.equal(
+        sd["backbone.body.layer2.0.downsample.1.running_var"], off[bb + "res3.0.shortcut.norm.running_var"]
+    )
     assert torch.equal(sd["fpn.lateral.2.weight"], off["backbone.fpn_lateral5.weight"])
     assert torch.equal(sd["head.identity_bn.running_mean"], off[h + "reid_pred_bn.running_mean"])
     assert torch.equal(sd["controller.bias"], off["controller.bias"])

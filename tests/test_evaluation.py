@@ -9,10 +9,10 @@ import pytest
 
 from conftest import run_cli
 from crossvis.data.masks import encode_mask, encode_uncompressed
+from crossvis.data.ytvis import YTVISDataset
 from crossvis.errors import CrossVISError
 from crossvis.evaluation import evaluate, write_results
-from crossvis.evaluation.ytvis_eval import load_results, video_ious, _gt_tracks
-from crossvis.data.ytvis import YTVISDataset
+from crossvis.evaluation.ytvis_eval import _gt_tracks, load_results, video_ious
 
 H, W = 8, 8
 
@@ -25,21 +25,38 @@ def box(y0, y1, x0, x1, h=H, w=W):
 
 def gt_file(videos, anns, cats=(1,)):
     """videos: [(id, T)] of H x W; anns: [(id, video, cat, [mask or None per frame], crowd, areas or None)]."""
-    out = {"videos": [{"id": v, "file_names": [f"{v}/{t}.jpg" for t in range(T)], "height": H, "width": W}
-                      for v, T in videos],
-           "categories": [{"id": c, "name": f"c{c}"} for c in cats], "annotations": []}
+    out = {
+        "videos": [
+            {"id": v, "file_names": [f"{v}/{t}.jpg" for t in range(T)], "height": H, "width": W}
+            for v, T in videos
+        ],
+        "categories": [{"id": c, "name": f"c{c}"} for c in cats],
+        "annotations": [],
+    }
     for aid, vid, cat, masks, crowd, areas in anns:
-        out["annotations"].append({
-            "id": aid, "video_id": vid, "category_id": cat, "iscrowd": int(crowd),
-            "segmentations": [encode_uncompressed(m) if m is not None else None for m in masks],
-            "areas": areas if areas is not None else [int(m.sum()) if m is not None else None for m in masks],
-            "bboxes": [None] * len(masks)})
+        out["annotations"].append(
+            {
+                "id": aid,
+                "video_id": vid,
+                "category_id": cat,
+                "iscrowd": int(crowd),
+                "segmentations": [encode_uncompressed(m) if m is not None else None for m in masks],
+                "areas": areas
+                if areas is not None
+                else [int(m.sum()) if m is not None else None for m in masks],
+                "bboxes": [None] * len(masks),
+            }
+        )
     return out
 
 
 def res(vid, cat, score, masks):
-    return {"video_id": vid, "category_id": cat, "score": score,
-            "segmentations": [encode_mask(m) if m is not None else None for m in masks]}
+    return {
+        "video_id": vid,
+        "category_id": cat,
+        "score": score,
+        "segmentations": [encode_mask(m) if m is not None else None for m in masks],
+    }
 
 
 A, B = box(0, 2, 0, 2), box(4, 6, 4, 6)  # 4 pixels each, disjoint
@@ -48,7 +65,12 @@ A, B = box(0, 2, 0, 2), box(4, 6, 4, 6)  # 4 pixels each, disjoint
 def test_perfect_prediction_scores_one():
     gt = gt_file([(1, 2)], [(1, 1, 1, [A, B], 0, None)])
     s = evaluate(gt, [res(1, 1, 0.9, [A, B])]).stats
-    assert s["AP"] == pytest.approx(1.0, abs=1e-12) and s["AP50"] == pytest.approx(1.0, abs=1e-12) and s["AR1"] == pytest.approx(1.0, abs=1e-12) and s["APs"] == pytest.approx(1.0, abs=1e-12)
+    assert (
+        s["AP"] == pytest.approx(1.0, abs=1e-12)
+        and s["AP50"] == pytest.approx(1.0, abs=1e-12)
+        and s["AR1"] == pytest.approx(1.0, abs=1e-12)
+        and s["APs"] == pytest.approx(1.0, abs=1e-12)
+    )
     assert s["APm"] == -1.0 and s["APl"] == -1.0 and s["ARl"] == -1.0
 
 
@@ -74,10 +96,16 @@ def test_area_ranges_are_inclusive_and_use_the_gt_areas_field():
     # GT declares area 16384 = 128^2: both small and medium; the result (4 px, small) matches it in both
     gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, [16384])])
     s = evaluate(gt, [res(1, 1, 0.9, [A])]).stats
-    assert s["APs"] == pytest.approx(1.0, abs=1e-12) and s["APm"] == pytest.approx(1.0, abs=1e-12) and s["APl"] == -1.0
+    assert (
+        s["APs"] == pytest.approx(1.0, abs=1e-12)
+        and s["APm"] == pytest.approx(1.0, abs=1e-12)
+        and s["APl"] == -1.0
+    )
     gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, [16385])])
     s = evaluate(gt, [res(1, 1, 0.9, [A])]).stats
-    assert s["APs"] == -1.0 and s["APm"] == pytest.approx(1.0, abs=1e-12)  # matched to an ignored GT: ignored, no GT in range -> -1
+    assert s["APs"] == -1.0 and s["APm"] == pytest.approx(
+        1.0, abs=1e-12
+    )  # matched to an ignored GT: ignored, no GT in range -> -1
     # null and zero per-frame areas are left out of the mean: (0, None, 100) -> 100
     gt = gt_file([(1, 3)], [(1, 1, 1, [A, None, A], 0, [0, None, 70000])])
     assert evaluate(gt, [res(1, 1, 0.9, [A, None, A])]).stats["APl"] == pytest.approx(1.0, abs=1e-12)
@@ -97,7 +125,9 @@ def test_crowd_gt_is_ignored_and_absorbs_any_number_of_results():
     gt = gt_file([(1, 1)], [(1, 1, 1, [B], 1, None), (2, 1, 1, [A], 0, None)])
     results = [res(1, 1, 0.95, [B]), res(1, 1, 0.9, [B]), res(1, 1, 0.5, [A])]
     s = evaluate(gt, results).stats
-    assert s["AP"] == pytest.approx(1.0, abs=1e-12)  # both results on the crowd region are ignored, not false positives
+    assert s["AP"] == pytest.approx(
+        1.0, abs=1e-12
+    )  # both results on the crowd region are ignored, not false positives
     # without the crowd flag they would be FP ahead of the TP: precision 1/3 at full recall
     gt_nc = gt_file([(1, 1)], [(1, 1, 1, [B], 0, None), (2, 1, 1, [A], 0, None)])
     assert evaluate(gt_nc, results).stats["AP"] < 1.0
@@ -114,7 +144,9 @@ def test_cross_video_score_ties_follow_ascending_video_id_not_file_order():
 def test_max_dets_are_per_video_and_category():
     gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None), (2, 1, 2, [B], 0, None)], cats=(1, 2))
     s = evaluate(gt, [res(1, 1, 0.9, [A]), res(1, 2, 0.8, [B])]).stats
-    assert s["AR1"] == pytest.approx(1.0, abs=1e-12)  # one detection allowed per (video, category), not per video
+    assert s["AR1"] == pytest.approx(
+        1.0, abs=1e-12
+    )  # one detection allowed per (video, category), not per video
 
 
 def test_only_the_top_100_results_of_a_video_and_category_exist():
@@ -135,7 +167,11 @@ def test_categories_without_gt_drop_out_and_their_predictions_change_nothing():
 def test_recall_is_zero_not_undefined_for_a_category_with_gt_but_no_results():
     gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None), (2, 1, 2, [B], 0, None)], cats=(1, 2))
     r = evaluate(gt, [res(1, 1, 0.9, [A])])
-    assert r.stats["AR100"] == pytest.approx(0.5, abs=1e-12) and r.stats["AP"] == pytest.approx(0.5, abs=1e-12) and r.per_category["c2"] == 0.0
+    assert (
+        r.stats["AR100"] == pytest.approx(0.5, abs=1e-12)
+        and r.stats["AP"] == pytest.approx(0.5, abs=1e-12)
+        and r.per_category["c2"] == 0.0
+    )
 
 
 def test_empty_results_are_valid():
@@ -148,19 +184,27 @@ def test_score_order_within_a_video_decides_precision():
     gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None)])
     # the FP has the higher score: precision at recall 1 is 1/2
     assert evaluate(gt, [res(1, 1, 0.4, [A]), res(1, 1, 0.6, [B])]).stats["AP"] == pytest.approx(0.5)
-    assert evaluate(gt, [res(1, 1, 0.6, [A]), res(1, 1, 0.4, [B])]).stats["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert evaluate(gt, [res(1, 1, 0.6, [A]), res(1, 1, 0.4, [B])]).stats["AP"] == pytest.approx(
+        1.0, abs=1e-12
+    )
 
 
-@pytest.mark.parametrize("results, message", [
-    ({"a": 1}, "must be a JSON list"),
-    ([res(9, 1, 0.5, [A])], "unknown video_id 9"),
-    ([res(1, 7, 0.5, [A])], "unknown category_id 7"),
-    ([res(1, 1, float("nan"), [A])], "finite"),
-    ([res(1, 1, "high", [A])], "finite"),
-    ([res(1, 1, 0.5, [A, A])], "2 segmentations for video 1 of 1 frames"),
-    ([{**res(1, 1, 0.5, [A]), "segmentations": [encode_mask(box(0, 1, 0, 1, 4, 4))]}], "differs from the video size"),
-    ([{**res(1, 1, 0.5, [A]), "segmentations": [[[1, 2, 3, 4, 5, 6]]]}], "must be an RLE"),
-])
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ({"a": 1}, "must be a JSON list"),
+        ([res(9, 1, 0.5, [A])], "unknown video_id 9"),
+        ([res(1, 7, 0.5, [A])], "unknown category_id 7"),
+        ([res(1, 1, float("nan"), [A])], "finite"),
+        ([res(1, 1, "high", [A])], "finite"),
+        ([res(1, 1, 0.5, [A, A])], "2 segmentations for video 1 of 1 frames"),
+        (
+            [{**res(1, 1, 0.5, [A]), "segmentations": [encode_mask(box(0, 1, 0, 1, 4, 4))]}],
+            "differs from the video size",
+        ),
+        ([{**res(1, 1, 0.5, [A]), "segmentations": [[[1, 2, 3, 4, 5, 6]]]}], "must be an RLE"),
+    ],
+)
 def test_results_validation(results, message):
     gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None)])
     with pytest.raises(CrossVISError, match=message):
@@ -186,6 +230,19 @@ def test_cli_evaluate_writes_metrics_and_results_zip(tmp_path):
     r = run_cli("evaluate", tmp_path / "gt.json", tmp_path / "results.json", "--output", tmp_path / "m.json")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "m.json").read_text())
-    assert m["AP"] == pytest.approx(1.0, abs=1e-12) and set(m) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
-                                         "ARm", "ARl", "per_category_AP"}
+    assert m["AP"] == pytest.approx(1.0, abs=1e-12) and set(m) >= {
+        "AP",
+        "AP50",
+        "AP75",
+        "APs",
+        "APm",
+        "APl",
+        "AR1",
+        "AR10",
+        "AR100",
+        "ARs",
+        "ARm",
+        "ARl",
+        "per_category_AP",
+    }
     assert "AP50" in r.stdout

@@ -15,14 +15,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_are_the_official_r50_settings():
     cfg = Config()
     assert cfg.solver.base_lr == 0.005 and cfg.solver.max_iter == 23000 and cfg.solver.steps == [15000, 21000]
-    assert cfg.solver.ims_per_batch == 16 and cfg.solver.warmup_iters == 1000 and cfg.solver.warmup_factor == 0.001
+    assert (
+        cfg.solver.ims_per_batch == 16
+        and cfg.solver.warmup_iters == 1000
+        and cfg.solver.warmup_factor == 0.001
+    )
     assert cfg.model.fcos.nms_th == 0.6 and cfg.model.fcos.pre_nms_topk_test == 1000
     assert cfg.model.fcos.sizes_of_interest == [64, 128, 256, 512] and cfg.model.fcos.pos_radius == 1.5
     assert cfg.input.min_size_test == 360 and cfg.input.max_size_test == 640 and cfg.input.format == "BGR"
     assert cfg.model.crossvis.sample_region == 20 and cfg.model.condinst.max_proposals == 500
 
 
-@pytest.mark.parametrize("name", ["crossvis_R50_1x", "crossvis_R101_1x", "crossvis_lite_DLA34", "synthetic_tiny"])
+@pytest.mark.parametrize(
+    "name", ["crossvis_R50_1x", "crossvis_R101_1x", "crossvis_lite_DLA34", "synthetic_tiny"]
+)
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)
@@ -107,3 +113,24 @@ def test_cli_bad_config_key_is_one_line_exit_2(tmp_path):
 def test_cli_debug_shows_traceback(tmp_path):
     r = run_cli("--debug", "evaluate", tmp_path / "missing.json", tmp_path / "r.json")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def _imports(package: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for f in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("pkg", ["data", "modeling", "tracking", "evaluation"])
+def test_layering(pkg):
+    imports = _imports(ROOT / "src" / "crossvis" / pkg)
+    assert not any(m.startswith(("crossvis.engine", "crossvis.cli")) for m in imports), imports
+    if pkg == "evaluation":
+        assert not any(m.startswith("crossvis.modeling") for m in imports)

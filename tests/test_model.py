@@ -11,7 +11,13 @@ from crossvis.modeling.builders import crossvis_r50, crossvis_r101, crossvis_tin
 from crossvis.modeling.crossvis import _Positives
 from crossvis.modeling.losses import dice_loss, embedding_scale, giou_loss, global_identity_loss
 from crossvis.modeling.mask_branch import DynamicMaskHead, aligned_bilinear
-from crossvis.modeling.targets import assign_targets, centerness_target, compute_locations, mask_centroids, size_ranges
+from crossvis.modeling.targets import (
+    assign_targets,
+    centerness_target,
+    compute_locations,
+    mask_centroids,
+    size_ranges,
+)
 
 STRIDES = [8, 16, 32, 64, 128]
 RANGES = size_ranges([64, 128, 256, 512])
@@ -61,7 +67,9 @@ def test_target_assignment_centre_sampling_on_the_mask_centroid():
     gt, reg = assign_targets(locs, levels, STRIDES, RANGES, boxes, c)
     pos = (gt >= 0).nonzero()[:, 0]
     # P3 cells strictly inside [23.5 - 12, 23.5 + 12]: x, y in {12, 20, 28}; none on P4 (max distance 16 < 64)
-    assert sorted(map(tuple, locs[pos].tolist())) == [(x, y) for x in (12.0, 20.0, 28.0) for y in (12.0, 20.0, 28.0)]
+    assert sorted(map(tuple, locs[pos].tolist())) == [
+        (x, y) for x in (12.0, 20.0, 28.0) for y in (12.0, 20.0, 28.0)
+    ]
     assert (levels[pos] == 0).all()
     k = int(((locs[:, 0] == 12) & (locs[:, 1] == 20) & (levels == 0)).nonzero())
     assert reg[k].tolist() == [4, 12, 28, 20]
@@ -95,11 +103,15 @@ def test_no_gt_means_all_background():
 
 
 def test_giou_dice_and_centerness_against_hand_values():
-    assert giou_loss(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([[1.0, 2, 3, 4]])).item() == pytest.approx(0.0)
+    assert giou_loss(torch.tensor([[1.0, 2, 3, 4]]), torch.tensor([[1.0, 2, 3, 4]])).item() == pytest.approx(
+        0.0
+    )
     # pred 2x2, target 4x4 around the same point: inter 4, union 16, IoU (4+1)/(16+1), enclose = union
     assert giou_loss(torch.ones(1, 4), 2 * torch.ones(1, 4)).item() == pytest.approx(12 / 17)
     # weights multiply
-    assert giou_loss(torch.ones(1, 4), 2 * torch.ones(1, 4), torch.tensor([0.5])).item() == pytest.approx(6 / 17)
+    assert giou_loss(torch.ones(1, 4), 2 * torch.ones(1, 4), torch.tensor([0.5])).item() == pytest.approx(
+        6 / 17
+    )
     p = torch.full((1, 2, 2), 0.5)
     g = torch.tensor([[[1.0, 0], [0, 0]]])
     assert dice_loss(p, g).item() == pytest.approx(1 - 1.0 / (1.0 + 1.0 + 1e-5))
@@ -122,7 +134,9 @@ def test_identity_loss_hand_value_and_no_positive_case():
     p_t = p * target + (1 - p) * (1 - target)
     alpha = 0.25 * target + 0.75 * (1 - target)
     assert got == pytest.approx(float((alpha * ce * (1 - p_t) ** 2).sum()))
-    empty = global_identity_loss(torch.zeros(0, 2, requires_grad=True), torch.zeros(0, dtype=torch.long), cls, s)
+    empty = global_identity_loss(
+        torch.zeros(0, 2, requires_grad=True), torch.zeros(0, dtype=torch.long), cls, s
+    )
     assert empty.item() == 0.0 and not torch.isnan(empty)
     empty.backward()  # still part of the graph: no crash in DDP or the optimizer
 
@@ -166,17 +180,30 @@ def _frame(masks, classes, ids, links, size=(64, 64)):
     m = torch.zeros((len(masks), *size), dtype=torch.bool)
     for i, (y0, y1, x0, x1) in enumerate(masks):
         m[i, y0:y1, x0:x1] = True
-    return FrameTarget(torch.randint(0, 255, (3, *size), dtype=torch.uint8), m, boxes_from_masks(m),
-                       torch.tensor(classes, dtype=torch.long), torch.tensor(ids, dtype=torch.long),
-                       torch.tensor(links, dtype=torch.long))
+    return FrameTarget(
+        torch.randint(0, 255, (3, *size), dtype=torch.uint8),
+        m,
+        boxes_from_masks(m),
+        torch.tensor(classes, dtype=torch.long),
+        torch.tensor(ids, dtype=torch.long),
+        torch.tensor(links, dtype=torch.long),
+    )
 
 
 def _positives(im, gt, link, n_params=169):
     n = len(im)
-    return _Positives(im=torch.tensor(im), loc=torch.tensor([[12.0, 12.0]] * n), level=torch.zeros(n, dtype=torch.long),
-                      params=torch.randn(n, n_params), emb=torch.randn(n, 8), gt=torch.tensor(gt),
-                      local_gt=torch.tensor(gt), identity=torch.tensor(gt), link=torch.tensor(link),
-                      still=torch.zeros(n, dtype=torch.bool))
+    return _Positives(
+        im=torch.tensor(im),
+        loc=torch.tensor([[12.0, 12.0]] * n),
+        level=torch.zeros(n, dtype=torch.long),
+        params=torch.randn(n, n_params),
+        emb=torch.randn(n, 8),
+        gt=torch.tensor(gt),
+        local_gt=torch.tensor(gt),
+        identity=torch.tensor(gt),
+        link=torch.tensor(link),
+        still=torch.zeros(n, dtype=torch.bool),
+    )
 
 
 def test_crossover_pairs_filters_with_the_same_object_in_the_other_frame():
@@ -205,8 +232,14 @@ def test_training_losses_both_directions_and_a_batch_without_objects():
     f0 = [_frame([(4, 30, 4, 30), (34, 60, 30, 62)], [0, 1], [0, 1], [0, -1])]
     f1 = [_frame([(6, 32, 6, 32), (0, 20, 40, 60)], [0, 2], [0, 2], [0, -1])]
     losses = model({"frames": [f0, f1]})
-    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_crossover",
-                           "loss_identity"}
+    assert set(losses) == {
+        "loss_fcos_cls",
+        "loss_fcos_loc",
+        "loss_fcos_ctr",
+        "loss_mask",
+        "loss_crossover",
+        "loss_identity",
+    }
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     empty = [_frame([], [], [], [])]
     losses = model({"frames": [empty, empty]})

@@ -20,18 +20,36 @@ from crossvis.modeling.builders import crossvis_tiny
 
 def _overrides(synth_dir: Path, **extra) -> list[str]:
     base = {
-        "data.train_json": synth_dir / "annotations.json", "data.train_images": synth_dir / "JPEGImages",
-        "data.val_json": "''", "data.synth_train": "null", "data.synth_val": "null", "data.num_workers": 0,
-        "input.min_size_train": "[96]", "input.max_size_train": 128, "solver.ims_per_batch": 2,
-        "solver.reference_batch": 2, "solver.checkpoint_period": 0, "solver.warmup_iters": 2, "test.eval_period": 0,
+        "data.train_json": synth_dir / "annotations.json",
+        "data.train_images": synth_dir / "JPEGImages",
+        "data.val_json": "''",
+        "data.synth_train": "null",
+        "data.synth_val": "null",
+        "data.num_workers": 0,
+        "input.min_size_train": "[96]",
+        "input.max_size_train": 128,
+        "solver.ims_per_batch": 2,
+        "solver.reference_batch": 2,
+        "solver.checkpoint_period": 0,
+        "solver.warmup_iters": 2,
+        "test.eval_period": 0,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
 
 def _train_cmd(out: Path, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "crossvis.cli.main", "-q", "train", "configs/synthetic_tiny.yaml", "--output",
-            str(out), *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "crossvis.cli.main",
+        "-q",
+        "train",
+        "configs/synthetic_tiny.yaml",
+        "--output",
+        str(out),
+        *overrides,
+    ]
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +70,12 @@ def test_no_weight_decay_on_norm_layers():
     model = crossvis_tiny(num_identities=3)
     decay, no_decay = param_groups(model, 1e-4, 0.0)
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.GroupNorm | torch.nn.BatchNorm2d)
-                for p in m.parameters(recurse=False)}
+    norm_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.GroupNorm | torch.nn.BatchNorm2d)
+        for p in m.parameters(recurse=False)
+    }
     assert {id(p) for p in no_decay["params"]} == norm_ids
     assert any(p is model.head.cls_logits.weight for p in decay["params"])
 
@@ -71,8 +93,12 @@ def test_pair_stream_shards_and_resumes():
 
 def test_train_cli_runs_and_exports_weights_that_predict_uses(tmp_path, synth_dir):
     out = tmp_path / "run"
-    r = subprocess.run(_train_cmd(out, _overrides(synth_dir, **{"solver.max_iter": 3})), capture_output=True,
-                       text=True, cwd=ROOT)
+    r = subprocess.run(
+        _train_cmd(out, _overrides(synth_dir, **{"solver.max_iter": 3})),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     final = out / "model_final.safetensors"
     assert final.is_file() and (out / "train.log").is_file() and (out / "config.yaml").is_file()
@@ -84,14 +110,23 @@ def test_train_cli_runs_and_exports_weights_that_predict_uses(tmp_path, synth_di
 
 
 def test_train_guards(tmp_path, synth_dir):
-    r = subprocess.run(_train_cmd(tmp_path / "r", _overrides(synth_dir, **{"solver.ims_per_batch": 3,
-                                                                            "solver.grad_accum": 2})),
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        _train_cmd(
+            tmp_path / "r", _overrides(synth_dir, **{"solver.ims_per_batch": 3, "solver.grad_accum": 2})
+        ),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "solver.ims_per_batch" in r.stderr and r.stderr.count("\n") == 1
     empty = tmp_path / "empty.json"
     empty.write_text('{"videos": [], "categories": [{"id": 1, "name": "a"}], "annotations": []}')
-    r = subprocess.run(_train_cmd(tmp_path / "r2", _overrides(synth_dir, **{"data.train_json": empty})),
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        _train_cmd(tmp_path / "r2", _overrides(synth_dir, **{"data.train_json": empty})),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "no annotations" in r.stderr
 
 
@@ -106,15 +141,36 @@ def test_two_process_gloo_run_matches_one_process_loss(tmp_path, synth_dir):
     The FCOS losses use normalisers averaged over ranks, so they agree to float rounding (rel 1e-4). The
     backbone BN is frozen for the comparison: train-mode BN statistics depend on the per-rank batch.
     """
-    ov = _overrides(synth_dir, **{"solver.max_iter": 1, "solver.ims_per_batch": 4, "solver.reference_batch": 4,
-                                  "model.backbone.frozen_bn": "true"})
+    ov = _overrides(
+        synth_dir,
+        **{
+            "solver.max_iter": 1,
+            "solver.ims_per_batch": 4,
+            "solver.reference_batch": 4,
+            "model.backbone.frozen_bn": "true",
+        },
+    )
     one = subprocess.run(_train_cmd(tmp_path / "one", ov), capture_output=True, text=True, cwd=ROOT)
     assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-                "crossvis.cli.main", "-q", "train", "configs/synthetic_tiny.yaml", "--output", str(tmp_path / "two"),
-                *ov]
-    two = subprocess.run(torchrun, capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "crossvis.cli.main",
+        "-q",
+        "train",
+        "configs/synthetic_tiny.yaml",
+        "--output",
+        str(tmp_path / "two"),
+        *ov,
+    ]
+    two = subprocess.run(
+        torchrun, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _last_losses(tmp_path / "one" / "train.log"), _last_losses(tmp_path / "two" / "train.log")
     for k in ("loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"):
@@ -123,7 +179,9 @@ def test_two_process_gloo_run_matches_one_process_loss(tmp_path, synth_dir):
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_same_weights(tmp_path, synth_dir):
-    ov = _overrides(synth_dir, **{"solver.max_iter": 12, "solver.checkpoint_period": 4})
+    ov = _overrides(
+        synth_dir, **{"solver.max_iter": 12, "solver.checkpoint_period": 4, "deterministic": "true"}
+    )
     ref = subprocess.run(_train_cmd(tmp_path / "ref", ov), capture_output=True, text=True, cwd=ROOT)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
@@ -136,10 +194,45 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path, synth_dir):
     p.wait()
     assert not (out / "model_final.safetensors").exists()
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    r = subprocess.run(_train_cmd(out, ov)[:-len(ov)] + ["--resume", *ov], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        _train_cmd(out, ov)[: -len(ov)] + ["--resume", *ov], capture_output=True, text=True, cwd=ROOT
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     a = load_file(str(tmp_path / "ref" / "model_final.safetensors"))
     b = load_file(str(out / "model_final.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_one_synthetic_pair(synth_dir):
+    """A few hundred CPU steps on one pair: masks IoU > 0.8, crossover and identity losses decrease."""
+    from crossvis.data.pairs import FramePairDataset, collate_pairs
+    from crossvis.data.ytvis import YTVISDataset
+
+    torch.manual_seed(0)
+    ds = YTVISDataset(synth_dir / "annotations.json", synth_dir / "JPEGImages")
+    pairs = FramePairDataset(ds, [96], 128, hflip=False)
+    pair = next(p for p in (pairs[(i, 7)] for i in range(len(pairs))) if (p[0].links >= 0).sum() >= 2)
+    batch = collate_pairs([pair])
+    model = crossvis_tiny(num_classes=5, num_identities=ds.num_identities).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    history = []
+    for _ in range(300):
+        losses = model(batch)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        history.append({k: float(v) for k, v in losses.items()})
+    first = {k: sum(h[k] for h in history[:10]) / 10 for k in history[0]}
+    last = {k: sum(h[k] for h in history[-10:]) / 10 for k in history[0]}
+    assert last["loss_crossover"] < 0.5 * first["loss_crossover"]
+    assert last["loss_identity"] < 0.5 * first["loss_identity"]
+    model.eval()
+    (det,) = model.inference([pair[0].image])
+    gt = pair[0].masks
+    for g in gt:
+        inter = (det.masks & g).flatten(1).sum(1).float()
+        union = (det.masks | g).flatten(1).sum(1).float()
+        assert (inter / union).max() > 0.8

@@ -133,7 +133,9 @@ class InputConfig:
 class SolverConfig:
     ims_per_batch: int = 16  # frame pairs per iteration, over all ranks
     base_lr: float = 0.005
-    reference_batch: int = 16  # base_lr is for this many pairs; lr = base_lr * ims_per_batch / reference_batch
+    reference_batch: int = (
+        16  # base_lr is for this many pairs; lr = base_lr * ims_per_batch / reference_batch
+    )
     scale_lr: bool = True
     momentum: float = 0.9
     nesterov: bool = False
@@ -178,6 +180,7 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     seed: int = 0
+    deterministic: bool = False  # deterministic kernels: bit-identical reruns and resumes, somewhat slower
     output_dir: str = "runs/crossvis"
 
 

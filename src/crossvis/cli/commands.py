@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from crossvis.errors import CrossVISError, atomic_write
+from crossvis.errors import atomic_write
 
 log = logging.getLogger("crossvis")
 
@@ -19,16 +19,28 @@ def _out(line: str = "") -> None:
 def cmd_synth(args: argparse.Namespace) -> int:
     from crossvis.data.synthetic import SynthParams, generate
 
-    p = SynthParams(videos=args.videos, frames=args.frames, seed=args.seed, height=args.height, width=args.width,
-                    num_classes=args.classes, difficulty=args.difficulty, compressed_rle=args.compressed_rle)
+    p = SynthParams(
+        videos=args.videos,
+        frames=args.frames,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        num_classes=args.classes,
+        difficulty=args.difficulty,
+        compressed_rle=args.compressed_rle,
+    )
     s = generate(args.out_dir, p)
     _out(f"wrote {args.out_dir}/annotations.json and {s['frames']} frames in {args.out_dir}/JPEGImages")
     _out(f"categories ({len(s['categories'])}): {', '.join(s['categories'])}")
-    _out(f"identities: {s['identities']}  videos: {s['videos']}  instances/video: {s['instances_per_video']:.2f}  "
-         f"entering late or returning: {100 * s['late_or_returning_fraction']:.0f}%")
+    _out(
+        f"identities: {s['identities']}  videos: {s['videos']}  instances/video: {s['instances_per_video']:.2f}  "
+        f"entering late or returning: {100 * s['late_or_returning_fraction']:.0f}%"
+    )
     for v in s["per_video"][:10]:
-        _out(f"  video {v['video']:4d}: {v['frames']:3d} frames {v['size'][0]}x{v['size'][1]}, "
-             f"{v['instances']} instances ({v['late_or_returning']} late/returning)")
+        _out(
+            f"  video {v['video']:4d}: {v['frames']:3d} frames {v['size'][0]}x{v['size'][1]}, "
+            f"{v['instances']} instances ({v['late_or_returning']} late/returning)"
+        )
     if len(s["per_video"]) > 10:
         _out(f"  ... {len(s['per_video']) - 10} more videos")
     return 0
@@ -56,38 +68,92 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(name: str) -> int:
-    raise CrossVISError(name, "not implemented yet in this version of crossvis")
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
     from crossvis.engine.inference import infer_dataset
 
-    return infer_dataset(args)
+    r = infer_dataset(
+        args.weights,
+        args.annotations,
+        args.images,
+        args.output,
+        args.zip,
+        args.evaluate,
+        args.config,
+        args.device,
+        progress=not args.quiet,
+    )
+    _out(f"wrote {', '.join(map(str, r['written']))} ({r['tracks']} tracks, {r['videos']} videos)")
+    if r["metrics"] is not None:
+        print_metrics(r["metrics"])
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from crossvis.engine.inference import predict_source
 
-    return predict_source(args)
+    r = predict_source(
+        args.source,
+        args.weights,
+        args.output,
+        args.json,
+        args.config,
+        args.device,
+        args.max_frames,
+        progress=not args.quiet,
+    )
+    _out(
+        f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
+        + (f" and {args.json}" if args.json else "")
+    )
+    _out(
+        f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "
+        f"on {r['device']}"
+    )
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from crossvis.engine.trainer import train_from_cli
+    import os
 
-    return train_from_cli(args)
+    import torch.distributed as dist
+
+    from crossvis.config import load_config, resolve_config_path
+    from crossvis.engine.trainer import train
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    os.environ.setdefault(
+        "CROSSVIS_COMMAND",
+        " ".join(
+            [
+                "crossvis train",
+                args.config,
+                *(["--output", args.output] if args.output else []),
+                *args.overrides,
+            ]
+        ),
+    )
+    final = train(cfg, args.output, resume=args.resume)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        _out(f"wrote {final}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from crossvis.engine.demo import run_demo
 
-    return run_demo(args)
+    for line in run_demo(args.output, args.device):
+        _out(line)
+    return 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from crossvis.engine.benchmark import run_benchmark
 
-    return run_benchmark(args)
+    for line in run_benchmark(args.weights, args.size, args.backbone, args.iters, args.device):
+        _out(line)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate a synthetic YouTube-VIS-format dataset")
     p.add_argument("out_dir", help="output folder (JPEGImages/ and annotations.json are written there)")
     p.add_argument("--videos", type=int, default=60, help="number of videos (default 60)")
-    p.add_argument("--frames", type=int, default=12, help="frames per video; lengths vary around it (default 12)")
+    p.add_argument(
+        "--frames", type=int, default=12, help="frames per video; lengths vary around it (default 12)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=192)
     p.add_argument("--width", type=int, default=256)
@@ -83,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output")
     p.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
 
-    p = sub.add_parser("demo", help="run the shipped weights on a fresh synthetic clip (what `make demo` does)")
+    p = sub.add_parser(
+        "demo", help="run the shipped weights on a fresh synthetic clip (what `make demo` does)"
+    )
     p.add_argument("--output", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--device", default=None)
 
@@ -141,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"crossvis: error: {type(e).__name__}: {msg} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"crossvis: error: {type(e).__name__}: {msg} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -20,9 +20,13 @@ def check_segmentation(seg, height: int, width: int, where: str, full: bool = Fa
         if not (isinstance(size, list | tuple) and len(size) == 2):
             raise CrossVISError(where, "RLE without a [height, width] 'size'")
         if list(size) != [height, width]:
-            raise CrossVISError(where, f"RLE size {list(size)} differs from the video size [{height}, {width}]")
+            raise CrossVISError(
+                where, f"RLE size {list(size)} differs from the video size [{height}, {width}]"
+            )
         if isinstance(counts, list):
-            if full and (not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width):
+            if full and (
+                not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width
+            ):
                 raise CrossVISError(where, f"malformed uncompressed RLE: counts must sum to {height * width}")
         elif isinstance(counts, str | bytes):
             if full:
@@ -33,7 +37,9 @@ def check_segmentation(seg, height: int, width: int, where: str, full: bool = Fa
     if isinstance(seg, list):
         for poly in seg:
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                raise CrossVISError(where, "malformed polygon: each part needs an even number (>= 6) of coordinates")
+                raise CrossVISError(
+                    where, "malformed polygon: each part needs an even number (>= 6) of coordinates"
+                )
             if full and not all(isinstance(v, int | float) for v in poly):
                 raise CrossVISError(where, "malformed polygon: coordinates must be numbers")
         return

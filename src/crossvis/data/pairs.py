@@ -68,16 +68,28 @@ class FramePairDataset(Dataset):
         hflip: random horizontal flip with p = 0.5. sample_region: reference window in JSON frames.
     """
 
-    def __init__(self, dataset: YTVISDataset, min_sizes: list[int], max_size: int, hflip: bool = True,
-                 sample_region: int = 20) -> None:
+    def __init__(
+        self,
+        dataset: YTVISDataset,
+        min_sizes: list[int],
+        max_size: int,
+        hflip: bool = True,
+        sample_region: int = 20,
+    ) -> None:
         self.ds = dataset
         self.min_sizes, self.max_size, self.hflip = list(min_sizes), max_size, hflip
         self.sample_region = sample_region
         self.frames: list[tuple[Video, int]] = []  # kept (video, frame) key frames
         self.kept_by_video: dict[int, list[int]] = {}
         for v in dataset.annotated_videos():
-            kept = [f for f in range(v.length) if any(
-                not a.get("iscrowd", 0) and a["segmentations"][f] not in (None, [], {}) for a in v.annotations)]
+            kept = [
+                f
+                for f in range(v.length)
+                if any(
+                    not a.get("iscrowd", 0) and a["segmentations"][f] not in (None, [], {})
+                    for a in v.annotations
+                )
+            ]
             self.kept_by_video[v.id] = kept
             self.frames.extend((v, f) for f in kept)
 
@@ -128,8 +140,10 @@ class FramePairDataset(Dataset):
         mt = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.bool)
         return FrameTarget(
             image=torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(),
-            masks=mt, boxes=boxes_from_masks(mt),
-            classes=torch.tensor(classes, dtype=torch.int64), identities=torch.tensor(ids, dtype=torch.int64),
+            masks=mt,
+            boxes=boxes_from_masks(mt),
+            classes=torch.tensor(classes, dtype=torch.int64),
+            identities=torch.tensor(ids, dtype=torch.int64),
             links=torch.full((len(ids),), -1, dtype=torch.int64),
             still=video.length == 1,
         )

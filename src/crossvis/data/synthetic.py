@@ -39,8 +39,9 @@ class SynthParams:
     compressed_rle: bool = False
 
 
-def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float,
-                angle: float) -> np.ndarray:
+def _shape_mask(
+    shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float, angle: float
+) -> np.ndarray:
     """Binary mask of a shape of radius ``r`` centred at (cx, cy), rotated by ``angle``."""
     dx, dy = xx - cx, yy - cy
     c, s = math.cos(angle), math.sin(angle)
@@ -118,14 +119,24 @@ def _make_objects(rng: np.random.Generator, p: SynthParams, length: int, h: int,
             gap = (g0, g0 + int(rng.integers(1, 3)))  # leaves, then comes back
         elif u < 0.38 * (0.5 + d / 2) and length > 4:
             stop = int(rng.integers(length // 2, length))  # leaves early
-        objs.append({
-            "cls": int(pool[k % len(pool)] if rng.uniform() < 0.7 else rng.integers(p.num_classes)),
-            "x": rng.uniform(0.15, 0.85) * w, "y": rng.uniform(0.15, 0.85) * h,
-            "vx": speed * math.cos(ang), "vy": speed * math.sin(ang),
-            "r0": r0, "growth": growth, "angle": rng.uniform(0, 2 * math.pi), "spin": rng.uniform(-0.15, 0.15),
-            "tex": _texture(rng, h, w, int(rng.integers(4))), "z": rng.uniform(),
-            "start": start, "stop": stop, "gap": gap,
-        })
+        objs.append(
+            {
+                "cls": int(pool[k % len(pool)] if rng.uniform() < 0.7 else rng.integers(p.num_classes)),
+                "x": rng.uniform(0.15, 0.85) * w,
+                "y": rng.uniform(0.15, 0.85) * h,
+                "vx": speed * math.cos(ang),
+                "vy": speed * math.sin(ang),
+                "r0": r0,
+                "growth": growth,
+                "angle": rng.uniform(0, 2 * math.pi),
+                "spin": rng.uniform(-0.15, 0.15),
+                "tex": _texture(rng, h, w, int(rng.integers(4))),
+                "z": rng.uniform(),
+                "start": start,
+                "stop": stop,
+                "gap": gap,
+            }
+        )
     return objs
 
 
@@ -150,7 +161,7 @@ def render_video(p: SynthParams, index: int) -> tuple[list[np.ndarray], list[dic
     for t in range(length):
         ox = int(np.clip(w / 2 + pan[0] * t, 0, w))
         oy = int(np.clip(h / 2 + pan[1] * t, 0, h))
-        img = bg[oy:oy + h, ox:ox + w].copy()
+        img = bg[oy : oy + h, ox : ox + w].copy()
         visible = np.full((h, w), -1, dtype=np.int32)  # index of the front-most object per pixel
         for k in order:
             o = objs[k]
@@ -202,8 +213,9 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
             rel = f"{name}/{t:05d}.jpg"
             Image.fromarray(fr).save(img_root / rel, quality=92)
             file_names.append(rel)
-        videos.append({"id": vi + 1, "file_names": file_names, "height": int(h), "width": int(w),
-                       "length": len(frames)})
+        videos.append(
+            {"id": vi + 1, "file_names": file_names, "height": int(h), "width": int(w), "length": len(frames)}
+        )
         late_or_back = 0
         kept = 0
         for o in objects:
@@ -212,29 +224,51 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
                 continue
             first = present.index(True)
             last = len(present) - 1 - present[::-1].index(True)
-            if first > 0 or not all(present[first:last + 1]):
+            if first > 0 or not all(present[first : last + 1]):
                 late_or_back += 1
             enc = encode_mask if p.compressed_rle else encode_uncompressed
-            annotations.append({
-                "id": ann_id, "video_id": vi + 1, "category_id": o["cls"] + 1, "iscrowd": 0,
-                "height": int(h), "width": int(w), "length": len(frames),
-                "segmentations": [enc(m) if m is not None else None for m in o["masks"]],
-                "bboxes": [mask_to_box(m) if m is not None else None for m in o["masks"]],
-                "areas": [int(m.sum()) if m is not None else None for m in o["masks"]],
-            })
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "video_id": vi + 1,
+                    "category_id": o["cls"] + 1,
+                    "iscrowd": 0,
+                    "height": int(h),
+                    "width": int(w),
+                    "length": len(frames),
+                    "segmentations": [enc(m) if m is not None else None for m in o["masks"]],
+                    "bboxes": [mask_to_box(m) if m is not None else None for m in o["masks"]],
+                    "areas": [int(m.sum()) if m is not None else None for m in o["masks"]],
+                }
+            )
             ann_id += 1
             kept += 1
-        stats.append({"video": vi + 1, "frames": len(frames), "size": [int(h), int(w)], "instances": kept,
-                      "late_or_returning": late_or_back})
+        stats.append(
+            {
+                "video": vi + 1,
+                "frames": len(frames),
+                "size": [int(h), int(w)],
+                "instances": kept,
+                "late_or_returning": late_or_back,
+            }
+        )
     categories = [{"id": c + 1, "name": SHAPES[c], "supercategory": "shape"} for c in range(p.num_classes)]
-    data = {"info": {"description": "crossvis synthetic YouTube-VIS", "seed": p.seed, "params": vars(p)},
-            "licenses": [], "videos": videos, "categories": categories, "annotations": annotations}
+    data = {
+        "info": {"description": "crossvis synthetic YouTube-VIS", "seed": p.seed, "params": vars(p)},
+        "licenses": [],
+        "videos": videos,
+        "categories": categories,
+        "annotations": annotations,
+    }
     with atomic_write(out / "annotations.json") as f:
         json.dump(data, f)
     n_inst = sum(s["instances"] for s in stats)
     summary = {
-        "categories": [c["name"] for c in categories], "identities": n_inst, "videos": p.videos,
-        "frames": sum(s["frames"] for s in stats), "instances_per_video": n_inst / p.videos,
+        "categories": [c["name"] for c in categories],
+        "identities": n_inst,
+        "videos": p.videos,
+        "frames": sum(s["frames"] for s in stats),
+        "instances_per_video": n_inst / p.videos,
         "late_or_returning_fraction": sum(s["late_or_returning"] for s in stats) / max(1, n_inst),
         "per_video": stats,
     }

@@ -69,8 +69,12 @@ class YTVISDataset:
         num_identities: number of annotated object tracks (the identity classifier's size).
     """
 
-    def __init__(self, annotations: str | os.PathLike | dict, image_root: str | os.PathLike | None = None,
-                 check: bool = False) -> None:
+    def __init__(
+        self,
+        annotations: str | os.PathLike | dict,
+        image_root: str | os.PathLike | None = None,
+        check: bool = False,
+    ) -> None:
         if isinstance(annotations, dict):
             data, self.source = annotations, "<annotations>"
         else:
@@ -181,7 +185,9 @@ class YTVISDataset:
     def decode(self, video: Video, ann: dict, frame: int) -> np.ndarray | None:
         """(H, W) bool mask of annotation ``ann`` in ``frame``, or None where absent."""
         return decode_segmentation(
-            ann["segmentations"][frame], video.height, video.width,
+            ann["segmentations"][frame],
+            video.height,
+            video.width,
             f"{self.source}: annotation id {ann['id']}: frame {frame}",
         )
 
@@ -230,14 +236,26 @@ def coco_as_videos(coco: dict | str | os.PathLike) -> dict:
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise CrossVISError("<coco>", "a COCO JSON needs an 'images' list")
     videos = [
-        {"id": im["id"], "file_names": [im["file_name"]], "height": im["height"], "width": im["width"],
-         "length": 1, "still": True}
+        {
+            "id": im["id"],
+            "file_names": [im["file_name"]],
+            "height": im["height"],
+            "width": im["width"],
+            "length": 1,
+            "still": True,
+        }
         for im in coco["images"]
     ]
     anns = [
-        {"id": a["id"], "video_id": a["image_id"], "category_id": a["category_id"],
-         "iscrowd": a.get("iscrowd", 0), "segmentations": [a.get("segmentation")],
-         "bboxes": [a.get("bbox")], "areas": [a.get("area")]}
+        {
+            "id": a["id"],
+            "video_id": a["image_id"],
+            "category_id": a["category_id"],
+            "iscrowd": a.get("iscrowd", 0),
+            "segmentations": [a.get("segmentation")],
+            "bboxes": [a.get("bbox")],
+            "areas": [a.get("area")],
+        }
         for a in coco.get("annotations", [])
     ]
     return {"videos": videos, "categories": coco.get("categories", []), "annotations": anns}
@@ -245,8 +263,44 @@ def coco_as_videos(coco: dict | str | os.PathLike) -> dict:
 
 # The 40 YouTube-VIS 2019 categories in id order (ids 1..40), for converted official weights.
 YTVIS2019_CATEGORIES = [
-    "person", "giant_panda", "lizard", "parrot", "skateboard", "sedan", "ape", "dog", "snake", "monkey", "hand",
-    "rabbit", "duck", "cat", "cow", "fish", "train", "horse", "turtle", "bear", "motorbike", "giraffe", "leopard",
-    "fox", "deer", "owl", "surfboard", "airplane", "truck", "zebra", "tiger", "elephant", "snowboard", "boat",
-    "shark", "mouse", "frog", "eagle", "earless_seal", "tennis_racket",
+    "person",
+    "giant_panda",
+    "lizard",
+    "parrot",
+    "skateboard",
+    "sedan",
+    "ape",
+    "dog",
+    "snake",
+    "monkey",
+    "hand",
+    "rabbit",
+    "duck",
+    "cat",
+    "cow",
+    "fish",
+    "train",
+    "horse",
+    "turtle",
+    "bear",
+    "motorbike",
+    "giraffe",
+    "leopard",
+    "fox",
+    "deer",
+    "owl",
+    "surfboard",
+    "airplane",
+    "truck",
+    "zebra",
+    "tiger",
+    "elephant",
+    "snowboard",
+    "boat",
+    "shark",
+    "mouse",
+    "frog",
+    "eagle",
+    "earless_seal",
+    "tennis_racket",
 ]

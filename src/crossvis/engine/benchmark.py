@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 
@@ -30,33 +29,46 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_benchmark(args: argparse.Namespace) -> int:
+def run_benchmark(
+    weights: str | None = None,
+    size: str = "360x640",
+    backbone: str = "",
+    iters: int = 10,
+    device: str | None = None,
+) -> list[str]:
+    """Time full inference and backbone+FPN alone on random input; returns the report lines."""
     from crossvis.modeling import builders
     from crossvis.modeling.weights import load_model
 
-    device = torch.device(args.device) if args.device else default_device()
+    dev = torch.device(device) if device else default_device()
     try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
+        h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise CrossVISError("--size", f"expected HxW like 360x640, got {args.size!r}") from None
-    if args.backbone:
-        build = {"resnet50": builders.crossvis_r50, "resnet101": builders.crossvis_r101,
-                 "dla34": builders.crossvis_lite_dla34}.get(args.backbone)
+        raise CrossVISError("--size", f"expected HxW like 360x640, got {size!r}") from None
+    if backbone:
+        build = {
+            "resnet50": builders.crossvis_r50,
+            "resnet101": builders.crossvis_r101,
+            "dla34": builders.crossvis_lite_dla34,
+        }.get(backbone)
         if build is None:
             raise CrossVISError("--backbone", "one of resnet50, resnet101, dla34")
-        model, name = build(num_identities=0).to(device).eval(), f"crossvis ({args.backbone}, random weights)"
+        model, name = build(num_identities=0).to(dev).eval(), f"crossvis ({backbone}, random weights)"
+        flag = f"--backbone {backbone}"
     else:
-        model, _ = load_model(args.weights or "synthetic-tiny", device)
-        name = f"crossvis ({args.weights or 'synthetic-tiny'})"
+        model, _ = load_model(weights or "synthetic-tiny", dev)
+        name = f"crossvis ({weights or 'synthetic-tiny'})"
+        flag = f"--weights {weights or 'synthetic-tiny'}"
     img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     x, _ = model.preprocess([img])
     with torch.inference_mode():
-        full = _time(lambda: model.inference([img]), args.iters, device)
-        trunk = _time(lambda: model.fpn(model.backbone(x)), args.iters, device)
-    print(f"command: crossvis benchmark {'--backbone ' + args.backbone if args.backbone else '--weights ' + str(args.weights or 'synthetic-tiny')} --size {args.size} --iters {args.iters}")
-    print(f"model: {name}; input {h}x{w} (padded {tuple(x.shape[-2:])}); device: {device_name(device)}; "
-          f"torch {torch.__version__}")
-    print(f"full inference (backbone, FPN, head, masks, post-processing): {1000 * full:.1f} ms/frame "
-          f"({1 / full:.2f} FPS)")
-    print(f"backbone + FPN alone: {1000 * trunk:.1f} ms/frame ({100 * trunk / full:.0f}% of the total)")
-    return 0
+        full = _time(lambda: model.inference([img]), iters, dev)
+        trunk = _time(lambda: model.fpn(model.backbone(x)), iters, dev)
+    return [
+        f"command: crossvis benchmark {flag} --size {size} --iters {iters}",
+        f"model: {name}; input {h}x{w} (padded {tuple(x.shape[-2:])}); device: {device_name(dev)}; "
+        f"torch {torch.__version__}",
+        f"full inference (backbone, FPN, head, masks, post-processing): {1000 * full:.1f} ms/frame "
+        f"({1 / full:.2f} FPS)",
+        f"backbone + FPN alone: {1000 * trunk:.1f} ms/frame ({100 * trunk / full:.0f}% of the total)",
+    ]

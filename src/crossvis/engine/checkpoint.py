@@ -20,8 +20,17 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"model_(\d{7})\.safetensors$")
 
 
-def save_checkpoint(out_dir: Path, iteration: int, model: torch.nn.Module, cfg: Config, class_names: list[str],
-                    category_ids: list[int], state: dict, keep: int = 3, record: dict | None = None) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    iteration: int,
+    model: torch.nn.Module,
+    cfg: Config,
+    class_names: list[str],
+    category_ids: list[int],
+    state: dict,
+    keep: int = 3,
+    record: dict | None = None,
+) -> Path:
     """Write ``model_{iteration:07d}.safetensors`` and ``.state.pt``; keep the last ``keep`` of them.
 
     The state file is written first and the weights last, so a checkpoint counts only when complete.
@@ -31,8 +40,15 @@ def save_checkpoint(out_dir: Path, iteration: int, model: torch.nn.Module, cfg: 
     stem = ckpt_dir / f"model_{iteration:07d}"
     with atomic_path(stem.with_suffix(".state.pt")) as tmp:
         torch.save(state, tmp)
-    save_weights(model, stem.with_suffix(".safetensors"), cfg, class_names, category_ids, record,
-                 include_identity_classifier=True)
+    save_weights(
+        model,
+        stem.with_suffix(".safetensors"),
+        cfg,
+        class_names,
+        category_ids,
+        record,
+        include_identity_classifier=True,
+    )
     for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
         old.with_name(old.name.replace(".safetensors", ".state.pt")).unlink(missing_ok=True)
@@ -72,7 +88,7 @@ def _official_to_ours(key: str) -> str | None:
     """Map a detectron2/AdelaiDet CrossVIS key to ours (None: not part of our model)."""
     k = key
     if k.startswith("backbone.bottom_up."):
-        k = k[len("backbone.bottom_up."):]
+        k = k[len("backbone.bottom_up.") :]
         k = k.replace("stem.conv1.norm.", "bn1.").replace("stem.conv1.", "conv1.")
         m = re.match(r"res(\d)\.(\d+)\.(.*)", k)
         if m:
@@ -83,12 +99,12 @@ def _official_to_ours(key: str) -> str | None:
         return f"backbone.body.{k}"
     for src, dst in (("backbone.fpn_lateral", "fpn.lateral."), ("backbone.fpn_output", "fpn.output.")):
         if k.startswith(src):
-            level, rest = k[len(src)], k[len(src) + 2:]
+            level, rest = k[len(src)], k[len(src) + 2 :]
             return f"{dst}{int(level) - 3}.{rest}"
     if k.startswith("backbone.top_block."):
-        return "fpn." + k[len("backbone.top_block."):]
+        return "fpn." + k[len("backbone.top_block.") :]
     if k.startswith("proposal_generator.fcos_head."):
-        k = k[len("proposal_generator.fcos_head."):]
+        k = k[len("proposal_generator.fcos_head.") :]
         k = k.replace("reid_tower.", "identity_tower.").replace("reid_pred_bn.", "identity_bn.")
         k = k.replace("reid_pred.", "identity_pred.")
         return f"head.{k}"
@@ -102,7 +118,9 @@ def _official_to_ours(key: str) -> str | None:
     return None
 
 
-def convert_official(checkpoint: str | os.PathLike, output: str | os.PathLike, config: str | None = None) -> Path:
+def convert_official(
+    checkpoint: str | os.PathLike, output: str | os.PathLike, config: str | None = None
+) -> Path:
     """An official CrossVIS (or CondInst) detectron2 ``.pth`` -> crossvis ``.safetensors``.
 
     The file is read with ``torch.load(weights_only=True)``: pickled code is never run. Official models take
@@ -116,12 +134,19 @@ def convert_official(checkpoint: str | os.PathLike, output: str | os.PathLike, c
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CrossVISError(path, f"not a loadable weights-only checkpoint ({type(e).__name__}); "
-                                  "official .pth files are plain state dicts") from None
+        raise CrossVISError(
+            path,
+            f"not a loadable weights-only checkpoint ({type(e).__name__}); "
+            "official .pth files are plain state dicts",
+        ) from None
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise CrossVISError(path, "no state dict ('model') in the checkpoint")
-    cfg = load_config(resolve_config_path(config)) if config else load_config(resolve_config_path("crossvis_R50_1x"))
+    cfg = (
+        load_config(resolve_config_path(config))
+        if config
+        else load_config(resolve_config_path("crossvis_R50_1x"))
+    )
     mapped = {}
     for k, v in state.items():
         nk = _official_to_ours(k)
@@ -132,14 +157,26 @@ def convert_official(checkpoint: str | os.PathLike, output: str | os.PathLike, c
     own = model.state_dict()
     bad = [k for k, v in mapped.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise CrossVISError(path, f"shapes differ from the config's model, e.g. {bad[0]}: "
-                                  f"{tuple(mapped[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}")
+        raise CrossVISError(
+            path,
+            f"shapes differ from the config's model, e.g. {bad[0]}: "
+            f"{tuple(mapped[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}",
+        )
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing:
-        log.warning("%d model keys not in the checkpoint (kept initialised), e.g. %s", len(missing), missing[:3])
+        log.warning(
+            "%d model keys not in the checkpoint (kept initialised), e.g. %s", len(missing), missing[:3]
+        )
     if unexpected:
         log.warning("%d checkpoint keys unused, e.g. %s", len(unexpected), unexpected[:3])
     names = YTVIS2019_CATEGORIES[: cfg.model.fcos.num_classes]
-    return save_weights(model, output, cfg, names, list(range(1, len(names) + 1)),
-                        {"converted_from": str(path)}, include_identity_classifier=True)
+    return save_weights(
+        model,
+        output,
+        cfg,
+        names,
+        list(range(1, len(names) + 1)),
+        {"converted_from": str(path)},
+        include_identity_classifier=True,
+    )

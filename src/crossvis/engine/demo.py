@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -24,15 +23,23 @@ log = logging.getLogger(__name__)
 DEMO_SEED = 20261125  # never used for training data
 
 
-def run_demo(args: argparse.Namespace, weights: str = "synthetic-tiny") -> int:
-    out = Path(args.output)
+def run_demo(
+    output: str = "demo_output", device: str | None = None, weights: str = "synthetic-tiny"
+) -> list[str]:
+    """Run the demo; returns the lines of its report (metrics, speed, paths)."""
+    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    predictor = VideoPredictor(weights, device=args.device)
+    predictor = VideoPredictor(weights, device=device)
     synth = predictor.cfg.data.synth_val or predictor.cfg.data.synth_train
-    base = SynthParams(**({} if synth is None else {k: getattr(synth, k) for k in
-                                                    ("frames", "height", "width", "num_classes", "difficulty")}))
-    print(f"crossvis demo: weights {weights} on {predictor.device}; writing to {out}/")
+    base = SynthParams(
+        **(
+            {}
+            if synth is None
+            else {k: getattr(synth, k) for k in ("frames", "height", "width", "num_classes", "difficulty")}
+        )
+    )
+    lines = [f"crossvis demo: weights {weights} on {predictor.device}; outputs in {out}/"]
 
     # 1. a fresh clip -> overlay video, contact sheet, tracks
     clip_dir = out / "clip"
@@ -41,13 +48,17 @@ def run_demo(args: argparse.Namespace, weights: str = "synthetic-tiny") -> int:
     video = clip.videos[0]
     overlays = []
     with VideoWriter(out / "overlay.mp4", fps=Fraction(6)) as writer:
+
         def on_frame(frame, res):
-            o = draw_overlay(frame, res.track_ids.tolist(), res.masks, res.boxes, res.class_names,
-                             res.scores.tolist())
+            o = draw_overlay(
+                frame, res.track_ids.tolist(), res.masks, res.boxes, res.class_names, res.scores.tolist()
+            )
             writer.write(o)
             overlays.append(o)
 
-        vr = predictor.predict_video((clip.load_image(video, f) for f in range(video.length)), on_frame=on_frame)
+        vr = predictor.predict_video(
+            (clip.load_image(video, f) for f in range(video.length)), on_frame=on_frame
+        )
     picks = [overlays[i] for i in range(0, len(overlays), max(1, len(overlays) // 8))][:8]
     with atomic_path(out / "contact_sheet.png") as tmp:
         contact_sheet(picks, columns=4, width=256).save(tmp, format="PNG")
@@ -67,12 +78,16 @@ def run_demo(args: argparse.Namespace, weights: str = "synthetic-tiny") -> int:
     with atomic_write(out / "metrics.json") as f:
         json.dump(metrics.to_dict(), f, indent=1)
 
-    print(format_metrics(metrics, per_category=False))
-    print(f"AP {100 * metrics.stats['AP']:.1f}  AR10 {100 * metrics.stats['AR10']:.1f}  identity switches "
-          f"{metrics.identity['id_switches']}  on {len(val.videos)} unseen synthetic videos ({n_frames} frames)")
-    print(f"speed on {predictor.device}: end-to-end {n_frames / infer_seconds:.1f} FPS (read, model, track, "
-          f"RLE), model-only {n_frames / model_seconds:.1f} FPS")
+    lines.append(format_metrics(metrics, per_category=False))
+    lines.append(
+        f"AP {100 * metrics.stats['AP']:.1f}  AR10 {100 * metrics.stats['AR10']:.1f}  identity switches "
+        f"{metrics.identity['id_switches']}  on {len(val.videos)} unseen synthetic videos ({n_frames} frames)"
+    )
+    lines.append(
+        f"speed on {predictor.device}: end-to-end {n_frames / infer_seconds:.1f} FPS (read, model, track, "
+        f"RLE), model-only {n_frames / model_seconds:.1f} FPS"
+    )
     for name in ("overlay.mp4", "contact_sheet.png", "tracks.json", "results.json", "metrics.json"):
-        print(f"  {out / name}")
-    print(f"done in {time.perf_counter() - t_start:.0f} s")
-    return 0
+        lines.append(f"  {out / name}")
+    lines.append(f"done in {time.perf_counter() - t_start:.0f} s")
+    return lines

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -37,66 +36,101 @@ def infer_videos(predictor: VideoPredictor, dataset: YTVISDataset, progress: boo
     return results
 
 
-def infer_dataset(args: argparse.Namespace) -> int:
-    predictor = _predictor(args.weights, args.config, args.device)
-    ds = YTVISDataset(args.annotations, args.images)
+def infer_dataset(
+    weights: str,
+    annotations: str,
+    images: str,
+    output: str,
+    zip_: bool = False,
+    with_eval: bool = False,
+    config: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Every video of a dataset JSON -> the official results file (and zip); optionally evaluate it.
+
+    Returns {"written": [paths], "tracks": n, "videos": n, "metrics": EvalResult or None}.
+    """
+    predictor = _predictor(weights, config, device)
+    ds = YTVISDataset(annotations, images)
+    if with_eval and not ds.has_annotations:
+        raise CrossVISError(annotations, "--evaluate needs annotations in the JSON")
     missing = set(ds.category_ids) - set(predictor.category_ids)
     if missing and ds.has_annotations:
-        log.warning("categories %s of %s are unknown to the weights", sorted(missing), args.annotations)
-    results = infer_videos(predictor, ds, progress=not getattr(args, "quiet", False))
+        log.warning("categories %s of %s are unknown to the weights", sorted(missing), annotations)
+    results = infer_videos(predictor, ds, progress=progress)
     known = set(ds.category_ids)
     dropped = sum(1 for r in results if r["category_id"] not in known)
     results = [r for r in results if r["category_id"] in known]
     if dropped:
         log.warning("%d tracks of classes the dataset does not list were left out", dropped)
-    written = write_results(results, args.output, zip_=args.zip)
-    print(f"wrote {', '.join(map(str, written))} ({len(results)} tracks, {len(ds.videos)} videos)")
-    if args.evaluate:
-        if not ds.has_annotations:
-            raise CrossVISError(args.annotations, "--evaluate needs annotations in the JSON")
-        from crossvis.evaluation.report import format_metrics
-
-        print(format_metrics(evaluate(ds, results)))
-    return 0
+    written = write_results(results, output, zip_=zip_)
+    metrics = evaluate(ds, results) if with_eval else None
+    return {"written": written, "tracks": len(results), "videos": len(ds.videos), "metrics": metrics}
 
 
-def predict_source(args: argparse.Namespace) -> int:
+def predict_source(
+    source: str,
+    weights: str,
+    output: str,
+    json_path: str | None = None,
+    config: str | None = None,
+    device: str | None = None,
+    max_frames: int = 0,
+    progress: bool = True,
+) -> dict:
+    """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.
+
+    Returns {"frames", "tracks", "fps_end_to_end", "fps_model", "device"}.
+    """
     from crossvis.engine.video_io import VideoWriter, open_source
     from crossvis.engine.visualize import draw_overlay
 
-    predictor = _predictor(args.weights, args.config, args.device)
-    source = open_source(args.source)
-    limit = args.max_frames or None
+    predictor = _predictor(weights, config, device)
+    src = open_source(source)
+    limit = max_frames or None
 
     def frames():
-        for i, f in enumerate(source):
+        for i, f in enumerate(src):
             if limit is not None and i >= limit:
                 return
             yield f
 
-    bar = tqdm(total=source.count if limit is None else min(limit, source.count or limit), unit="frame",
-               desc=source.name, disable=getattr(args, "quiet", False))
-    with VideoWriter(args.output, source.fps) as writer:
+    total = src.count if limit is None else min(limit, src.count or limit)
+    bar = tqdm(total=total, unit="frame", desc=src.name, disable=not progress)
+    with VideoWriter(output, src.fps) as writer:
+
         def on_frame(frame: np.ndarray, res) -> None:
-            writer.write(draw_overlay(frame, res.track_ids.tolist(), res.masks, res.boxes, res.class_names,
-                                      res.scores.tolist()))
+            writer.write(
+                draw_overlay(
+                    frame, res.track_ids.tolist(), res.masks, res.boxes, res.class_names, res.scores.tolist()
+                )
+            )
             bar.update(1)
 
         vr = predictor.predict_video(frames(), on_frame=on_frame)
+        if vr.num_frames == 0:
+            raise CrossVISError(source, "no frames could be read")
     bar.close()
-    if vr.num_frames == 0:
-        raise CrossVISError(args.source, "no frames could be read")
-    if args.json:
-        write_tracks_json(vr, args.json, str(args.source), float(source.fps))
-    print(f"wrote {args.output} ({vr.num_frames} frames, {len(vr.tracks)} tracks)"
-          + (f" and {args.json}" if args.json else ""))
-    print(f"end-to-end {vr.num_frames / vr.total_seconds:.1f} FPS (decode through encode), "
-          f"model-only {vr.num_frames / max(vr.model_seconds, 1e-9):.1f} FPS on {predictor.device}")
-    return 0
+    if json_path:
+        write_tracks_json(vr, json_path, str(source), float(src.fps))
+    return {
+        "frames": vr.num_frames,
+        "tracks": len(vr.tracks),
+        "fps_end_to_end": vr.num_frames / vr.total_seconds,
+        "fps_model": vr.num_frames / max(vr.model_seconds, 1e-9),
+        "device": str(predictor.device),
+    }
 
 
 def write_tracks_json(vr, path: str | os.PathLike, source: str, fps: float) -> None:
-    data = {"source": source, "fps": fps, "num_frames": vr.num_frames, "height": vr.height, "width": vr.width,
-            "tracks": vr.tracks}
+    data = {
+        "source": source,
+        "fps": fps,
+        "num_frames": vr.num_frames,
+        "height": vr.height,
+        "width": vr.width,
+        "tracks": vr.tracks,
+    }
     with atomic_write(Path(path)) as f:
         json.dump(data, f)

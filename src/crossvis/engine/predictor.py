@@ -54,8 +54,15 @@ class VideoResult:
 
     def to_results(self, video_id: int) -> list[dict]:
         """Entries of the official submission format for this video."""
-        return [{"video_id": video_id, "category_id": t["category_id"], "score": t["score"],
-                 "segmentations": t["segmentations"]} for t in self.tracks]
+        return [
+            {
+                "video_id": video_id,
+                "category_id": t["category_id"],
+                "score": t["score"],
+                "segmentations": t["segmentations"],
+            }
+            for t in self.tracks
+        ]
 
 
 class VideoPredictor:
@@ -68,14 +75,25 @@ class VideoPredictor:
         tracker: tracker options (default: the config's ``test.tracker``, the official rule).
     """
 
-    def __init__(self, weights: str | os.PathLike = "synthetic-tiny", device: str | torch.device | None = None,
-                 config: Config | None = None, tracker: TrackerConfig | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | os.PathLike = "synthetic-tiny",
+        device: str | torch.device | None = None,
+        config: Config | None = None,
+        tracker: TrackerConfig | None = None,
+    ) -> None:
         device = torch.device(device) if device else default_device()
         model, w = load_model(weights, device, config)
         self._setup(model, w.config, w.class_names, w.category_ids, tracker)
 
-    def _setup(self, model, cfg: Config, class_names: list[str], category_ids: list[int],
-               tracker: TrackerConfig | None) -> None:
+    def _setup(
+        self,
+        model,
+        cfg: Config,
+        class_names: list[str],
+        category_ids: list[int],
+        tracker: TrackerConfig | None,
+    ) -> None:
         self.model, self.cfg, self.device = model, cfg, model.device
         self.class_names = list(class_names) or [str(i) for i in range(model.num_classes)]
         self.category_ids = list(category_ids) or list(range(1, model.num_classes + 1))
@@ -83,8 +101,14 @@ class VideoPredictor:
         self.model_seconds = 0.0
 
     @classmethod
-    def from_model(cls, model, cfg: Config, class_names: list[str], category_ids: list[int],
-                   tracker: TrackerConfig | None = None) -> VideoPredictor:
+    def from_model(
+        cls,
+        model,
+        cfg: Config,
+        class_names: list[str],
+        category_ids: list[int],
+        tracker: TrackerConfig | None = None,
+    ) -> VideoPredictor:
         """A predictor around an in-memory model (e.g. during training); the model should be in eval mode."""
         self = cls.__new__(cls)
         self._setup(model, cfg, class_names, category_ids, tracker)
@@ -92,8 +116,9 @@ class VideoPredictor:
 
     def new_tracker(self) -> OnlineTracker:
         t = self.tracker_cfg
-        return OnlineTracker(t.match_threshold, t.memory_momentum, t.max_missed, t.min_new_score, t.hungarian,
-                             t.use_embedding)
+        return OnlineTracker(
+            t.match_threshold, t.memory_momentum, t.max_missed, t.min_new_score, t.hungarian, t.use_embedding
+        )
 
     def _input(self, frame: np.ndarray) -> torch.Tensor:
         h, w = frame.shape[:2]
@@ -117,13 +142,24 @@ class VideoPredictor:
     def step(self, index: int, frame: np.ndarray, tracker: OnlineTracker) -> FrameResult:
         """Detect in one frame and associate with ``tracker``'s tracks."""
         det = self.detect([frame])[0].to("cpu")
-        ids = np.array(tracker.update(index, det.boxes, det.scores, det.classes, det.embeddings), dtype=np.int64)
+        ids = np.array(
+            tracker.update(index, det.boxes, det.scores, det.classes, det.embeddings), dtype=np.int64
+        )
         keep = ids >= 0
         cls = det.classes.numpy()[keep]
-        return FrameResult(index, ids[keep], cls, [self.class_names[c] for c in cls], det.scores.numpy()[keep],
-                           det.boxes.numpy()[keep], det.masks.numpy()[keep])
+        return FrameResult(
+            index,
+            ids[keep],
+            cls,
+            [self.class_names[c] for c in cls],
+            det.scores.numpy()[keep],
+            det.boxes.numpy()[keep],
+            det.masks.numpy()[keep],
+        )
 
-    def track(self, frames: Iterable[np.ndarray], tracker: OnlineTracker | None = None) -> Iterator[FrameResult]:
+    def track(
+        self, frames: Iterable[np.ndarray], tracker: OnlineTracker | None = None
+    ) -> Iterator[FrameResult]:
         """Stream (H, W, 3) uint8 RGB frames -> one :class:`FrameResult` per frame, online."""
         tracker = tracker or self.new_tracker()
         for i, frame in enumerate(frames):
@@ -149,16 +185,21 @@ class VideoPredictor:
                 rles.setdefault(tid, {})[res.index] = encode_mask(m)
             if on_frame is not None:
                 on_frame(frame, res)
-        result = VideoResult(n, height, width, model_seconds=self.model_seconds,
-                             total_seconds=time.perf_counter() - t0)
+        result = VideoResult(
+            n, height, width, model_seconds=self.model_seconds, total_seconds=time.perf_counter() - t0
+        )
         for t in tracker.tracks:
             frames_of = rles.get(t.id)
             if frames_of:
-                result.tracks.append({
-                    "track_id": t.id, "category_id": int(self.category_ids[t.category]),
-                    "class_name": self.class_names[t.category], "score": t.score,
-                    "segmentations": [frames_of.get(i) for i in range(n)],
-                })
+                result.tracks.append(
+                    {
+                        "track_id": t.id,
+                        "category_id": int(self.category_ids[t.category]),
+                        "class_name": self.class_names[t.category],
+                        "score": t.score,
+                        "segmentations": [frames_of.get(i) for i in range(n)],
+                    }
+                )
         return result
 
 

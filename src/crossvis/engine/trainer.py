@@ -11,7 +11,6 @@ checkpoint stores the position and every RNG state, so ``--resume`` continues ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from crossvis.config import Config, SynthConfig, dump_config, load_config, resolve_config_path
+from crossvis.config import Config, SynthConfig, dump_config
 from crossvis.data.pairs import FramePairDataset, collate_pairs
 from crossvis.data.synthetic import SynthParams, generate
 from crossvis.data.ytvis import YTVISDataset
@@ -72,8 +71,18 @@ class PairStream(Sampler):
 def _synth(cfg: SynthConfig, json_path: str) -> None:
     out = Path(json_path).parent
     log.info("generating synthetic data in %s (%d videos, seed %d)", out, cfg.videos, cfg.seed)
-    generate(out, SynthParams(videos=cfg.videos, frames=cfg.frames, seed=cfg.seed, height=cfg.height,
-                              width=cfg.width, num_classes=cfg.num_classes, difficulty=cfg.difficulty))
+    generate(
+        out,
+        SynthParams(
+            videos=cfg.videos,
+            frames=cfg.frames,
+            seed=cfg.seed,
+            height=cfg.height,
+            width=cfg.width,
+            num_classes=cfg.num_classes,
+            difficulty=cfg.difficulty,
+        ),
+    )
 
 
 def prepare_data(cfg: Config, rank: int = 0) -> tuple[YTVISDataset, YTVISDataset | None]:
@@ -98,11 +107,14 @@ def prepare_data(cfg: Config, rank: int = 0) -> tuple[YTVISDataset, YTVISDataset
 def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float) -> list[dict]:
     norm, other = [], []
     for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
+        for p in module.parameters(recurse=False):
             if not p.requires_grad:
                 continue
             (norm if isinstance(module, NORM_TYPES) else other).append(p)
-    return [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": weight_decay_norm}]
+    return [
+        {"params": other, "weight_decay": weight_decay},
+        {"params": norm, "weight_decay": weight_decay_norm},
+    ]
 
 
 def lr_at(cfg: Config, it: int) -> float:
@@ -129,9 +141,12 @@ def _init_distributed() -> tuple[int, int, int]:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-            "python": json.dumps(random.getstate()),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].tolist(),
+        "python": json.dumps(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def _set_rng_state(s: dict) -> None:
@@ -147,16 +162,20 @@ def _set_rng_state(s: dict) -> None:
 # ------------------------------------------------------------------------------------------------ main loop
 
 
-def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
-          max_seconds: float | None = None) -> Path:
+def train(
+    cfg: Config, output: str | Path | None = None, resume: bool = False, max_seconds: float | None = None
+) -> Path:
     """Train per ``cfg`` and return the path of the final weights (``OUTPUT/model_final.safetensors``)."""
     out = Path(output or cfg.output_dir)
     cfg = replace(cfg, output_dir=str(out))
     rank, world, local = _init_distributed()
     s = cfg.solver
     if s.ims_per_batch % (world * s.grad_accum):
-        raise CrossVISError("solver.ims_per_batch", f"{s.ims_per_batch} pairs cannot be split over {world} "
-                            f"rank(s) x {s.grad_accum} accumulation step(s)")
+        raise CrossVISError(
+            "solver.ims_per_batch",
+            f"{s.ims_per_batch} pairs cannot be split over {world} "
+            f"rank(s) x {s.grad_accum} accumulation step(s)",
+        )
     if s.max_iter <= 0:
         raise CrossVISError("solver.max_iter", "must be positive")
     per_step = s.ims_per_batch // (world * s.grad_accum)
@@ -168,6 +187,10 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
         _setup_file_log(out / "train.log")
         with atomic_write(out / "config.yaml") as f:
             f.write(dump_config(cfg))
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
@@ -178,8 +201,12 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
     if cfg.model.condinst.mask_branch_norm == "SyncBN" and world > 1:
         model.mask_branch = nn.SyncBatchNorm.convert_sync_batchnorm(model.mask_branch)
     model.to(device).train()
-    optimizer = torch.optim.SGD(param_groups(model, s.weight_decay, s.weight_decay_norm), lr=lr_at(cfg, 0),
-                                momentum=s.momentum, nesterov=s.nesterov)
+    optimizer = torch.optim.SGD(
+        param_groups(model, s.weight_decay, s.weight_decay_norm),
+        lr=lr_at(cfg, 0),
+        momentum=s.momentum,
+        nesterov=s.nesterov,
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=s.amp and device.type == "cuda")
 
     start_iter, best_ap = 0, -1.0
@@ -196,20 +223,42 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", out)
 
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None,
-                                              broadcast_buffers=False, find_unused_parameters=True) \
-        if world > 1 else model
-    pairs = FramePairDataset(train_ds, cfg.input.min_size_train, cfg.input.max_size_train, cfg.input.hflip_train,
-                             cfg.model.crossvis.sample_region)
+    ddp = (
+        nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[local] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=True,
+        )
+        if world > 1
+        else model
+    )
+    pairs = FramePairDataset(
+        train_ds,
+        cfg.input.min_size_train,
+        cfg.input.max_size_train,
+        cfg.input.hflip_train,
+        cfg.model.crossvis.sample_region,
+    )
     if len(pairs) == 0:
         raise CrossVISError(cfg.data.train_json, "no frame with a visible object to train on")
     stream = PairStream(len(pairs), cfg.seed, rank, world, start=start_iter * s.ims_per_batch)
-    loader = DataLoader(pairs, batch_size=per_step, sampler=stream, collate_fn=collate_pairs,
-                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(
+        pairs,
+        batch_size=per_step,
+        sampler=stream,
+        collate_fn=collate_pairs,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     writer = _tensorboard(out) if rank == 0 else None
-    record = {"command": os.environ.get("CROSSVIS_COMMAND", ""), "seed": cfg.seed, "train_json": cfg.data.train_json,
-              "synth_train": None if cfg.data.synth_train is None else vars(cfg.data.synth_train)}
+    record = {
+        "command": os.environ.get("CROSSVIS_COMMAND", ""),
+        "seed": cfg.seed,
+        "train_json": cfg.data.train_json,
+        "synth_train": None if cfg.data.synth_train is None else vars(cfg.data.synth_train),
+    }
     class_names, cat_ids = train_ds.class_names, train_ds.category_ids
 
     it = start_iter
@@ -249,8 +298,11 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
             bad_in_row += 1
             log.warning("iteration %d: non-finite loss %s, step skipped", it, logged)
             if bad_in_row >= s.max_nonfinite:
-                raise CrossVISError(f"iteration {it}", f"{bad_in_row} non-finite losses in a row: stopping "
-                                    "(lower solver.base_lr or enable solver.clip_gradients)")
+                raise CrossVISError(
+                    f"iteration {it}",
+                    f"{bad_in_row} non-finite losses in a row: stopping "
+                    "(lower solver.base_lr or enable solver.clip_gradients)",
+                )
             optimizer.zero_grad(set_to_none=True)
         else:
             bad_in_row = 0
@@ -264,10 +316,18 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
         if rank == 0:
             logged["total_loss"] = sum(v for k, v in logged.items() if k.startswith("loss"))
             bar.update(1)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in logged.items()} | {"lr": f"{lr:.2g}"})
+            bar.set_postfix(
+                {k.replace("loss_", ""): f"{v:.3f}" for k, v in logged.items()} | {"lr": f"{lr:.2g}"}
+            )
             if it % 20 == 0 or it == s.max_iter:
-                log.info("iter %d lr %.3g time %.3fs data %.3fs %s", it, lr, step_time, data_time,
-                         " ".join(f"{k}={v:.4f}" for k, v in logged.items()))
+                log.info(
+                    "iter %d lr %.3g time %.3fs data %.3fs %s",
+                    it,
+                    lr,
+                    step_time,
+                    data_time,
+                    " ".join(f"{k}={v:.4f}" for k, v in logged.items()),
+                )
             if writer is not None:
                 for k, v in logged.items():
                     writer.add_scalar(f"train/{k}", v, it)
@@ -283,11 +343,31 @@ def train(cfg: Config, output: str | Path | None = None, resume: bool = False,
                     ap = _validate(model, cfg, val_ds, class_names, cat_ids, writer, it, out)
                     if ap > best_ap:
                         best_ap = ap
-                        save_weights(model, out / "model_best.safetensors", cfg, class_names, cat_ids,
-                                     {**record, "iteration": it, "val_AP": ap})
-                save_checkpoint(out, it, model, cfg, class_names, cat_ids,
-                                {"iteration": it, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                 "rng": rng, "best_ap": best_ap}, keep=s.checkpoint_keep, record=record)
+                        save_weights(
+                            model,
+                            out / "model_best.safetensors",
+                            cfg,
+                            class_names,
+                            cat_ids,
+                            {**record, "iteration": it, "val_AP": ap},
+                        )
+                save_checkpoint(
+                    out,
+                    it,
+                    model,
+                    cfg,
+                    class_names,
+                    cat_ids,
+                    {
+                        "iteration": it,
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng,
+                        "best_ap": best_ap,
+                    },
+                    keep=s.checkpoint_keep,
+                    record=record,
+                )
             if dist.is_initialized():
                 dist.barrier()
         if stop_early:
@@ -323,12 +403,17 @@ def _init_weights(model: nn.Module, cfg: Config) -> None:
     fitting = {k: v for k, v in w.state_dict.items() if k in own and own[k].shape == v.shape}
     reinit = sorted(k for k, v in w.state_dict.items() if k in own and own[k].shape != v.shape)
     model.load_state_dict(fitting, strict=False)
-    log.info("initialised from %s: %d tensors loaded, re-initialised (shape mismatch): %s", cfg.model.weights,
-             len(fitting), ", ".join(reinit) or "none")
+    log.info(
+        "initialised from %s: %d tensors loaded, re-initialised (shape mismatch): %s",
+        cfg.model.weights,
+        len(fitting),
+        ", ".join(reinit) or "none",
+    )
 
 
-def _validate(model: nn.Module, cfg: Config, val_ds: YTVISDataset, class_names, cat_ids, writer, it: int,
-              out: Path) -> float:
+def _validate(
+    model: nn.Module, cfg: Config, val_ds: YTVISDataset, class_names, cat_ids, writer, it: int, out: Path
+) -> float:
     from crossvis.engine.inference import infer_videos
     from crossvis.engine.predictor import VideoPredictor
     from crossvis.evaluation import evaluate
@@ -339,8 +424,14 @@ def _validate(model: nn.Module, cfg: Config, val_ds: YTVISDataset, class_names, 
     results = infer_videos(predictor, val_ds, progress=False)
     r = evaluate(val_ds, results)
     model.train(was_training)
-    log.info("iteration %d validation: AP %.4f AP50 %.4f AR10 %.4f id-switches %d", it, r.stats["AP"],
-             r.stats["AP50"], r.stats["AR10"], r.identity.get("id_switches", -1))
+    log.info(
+        "iteration %d validation: AP %.4f AP50 %.4f AR10 %.4f id-switches %d",
+        it,
+        r.stats["AP"],
+        r.stats["AP50"],
+        r.stats["AR10"],
+        r.identity.get("id_switches", -1),
+    )
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"iteration": it, **r.stats, "id_switches": r.identity.get("id_switches")}) + "\n")
     if writer is not None:
@@ -360,23 +451,13 @@ def _tensorboard(out: Path):
 
 def _setup_file_log(path: Path) -> None:
     root = logging.getLogger("crossvis")
-    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in root.handlers):
+    if not any(
+        isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in root.handlers
+    ):
         h = logging.FileHandler(path)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(h)
         root.setLevel(min(root.level or logging.INFO, logging.INFO))
-
-
-def train_from_cli(args: argparse.Namespace) -> int:
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
-    os.environ.setdefault("CROSSVIS_COMMAND", "crossvis train " + " ".join(
-        [args.config, *(["--output", args.output] if args.output else []), *args.overrides]))
-    final = train(cfg, args.output, resume=args.resume)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"wrote {final}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
 
 
 __all__ = ["PairStream", "lr_at", "param_groups", "prepare_data", "train"]

@@ -39,8 +39,9 @@ def open_source(source: str | os.PathLike, folder_fps: float = 10.0) -> FrameSou
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise CrossVISError(p, "folder holds no images (.jpg, .png, ...)")
-        return FrameSource((load_rgb(f) for f in files), Fraction(folder_fps).limit_denominator(1000),
-                           len(files), p.name)
+        return FrameSource(
+            (load_rgb(f) for f in files), Fraction(folder_fps).limit_denominator(1000), len(files), p.name
+        )
     if not p.is_file():
         raise CrossVISError(p, "no such video file, frame folder or webcam index")
     import av

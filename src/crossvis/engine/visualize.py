@@ -15,8 +15,15 @@ def track_color(track_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_overlay(frame: np.ndarray, track_ids: list[int], masks: np.ndarray, boxes: np.ndarray,
-                 labels: list[str], scores: list[float], alpha: float = 0.5) -> np.ndarray:
+def draw_overlay(
+    frame: np.ndarray,
+    track_ids: list[int],
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    labels: list[str],
+    scores: list[float],
+    alpha: float = 0.5,
+) -> np.ndarray:
     """frame (H, W, 3) uint8 RGB; masks (N, H, W) bool; boxes (N, 4) xyxy -> a new overlaid frame."""
     out = frame.astype(np.float32)
     for tid, m in zip(track_ids, masks):

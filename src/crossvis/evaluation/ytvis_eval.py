@@ -28,7 +28,12 @@ from crossvis.errors import CrossVISError
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 MAX_DETS = (1, 10, 100)
-AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 128.0**2), "medium": (128.0**2, 256.0**2), "large": (256.0**2, 1e10)}
+AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 128.0**2),
+    "medium": (128.0**2, 256.0**2),
+    "large": (256.0**2, 1e10),
+}
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
@@ -93,14 +98,17 @@ def _rles_of(segs: list, h: int, w: int, where: str) -> list:
         total = np.array([sum(o["counts"]) for o in objs])
         if (total != h * w).any():
             f = batch[int(np.flatnonzero(total != h * w)[0])]
-            raise CrossVISError(f"{where}: frame {f}", f"malformed uncompressed RLE: counts must sum to {h * w}")
+            raise CrossVISError(
+                f"{where}: frame {f}", f"malformed uncompressed RLE: counts must sum to {h * w}"
+            )
         for f, r in zip(batch, mask_utils.frPyObjects(objs, h, w)):
             rles[f] = r
     return rles
 
 
-def _make_track(tid: int, cid: int, score: float, crowd: bool, rles: list, length: int,
-                areas: list | None) -> _Track:
+def _make_track(
+    tid: int, cid: int, score: float, crowd: bool, rles: list, length: int, areas: list | None
+) -> _Track:
     present = np.fromiter((r is not None for r in rles), dtype=bool, count=length)
     frame_areas = np.zeros(length, dtype=np.int64)
     idx = np.flatnonzero(present)
@@ -111,8 +119,16 @@ def _make_track(tid: int, cid: int, score: float, crowd: bool, rles: list, lengt
     else:  # GT: the `areas` field as given
         kept = [x for x in areas if x]
     area = float(np.mean(np.asarray(kept, dtype=np.float64))) if kept else 0.0
-    return _Track(id=tid, category_id=cid, score=score, iscrowd=crowd, area=area, frame_areas=frame_areas,
-                  present=present, rles=rles)
+    return _Track(
+        id=tid,
+        category_id=cid,
+        score=score,
+        iscrowd=crowd,
+        area=area,
+        frame_areas=frame_areas,
+        present=present,
+        rles=rles,
+    )
 
 
 def _gt_tracks(ds: YTVISDataset) -> dict[int, list[_Track]]:
@@ -124,12 +140,18 @@ def _gt_tracks(ds: YTVISDataset) -> dict[int, list[_Track]]:
             rles = _rles_of(a["segmentations"], v.height, v.width, where)
             areas = a.get("areas")
             if areas is None:  # not in the official format, but common in users' files: size from the masks
-                areas = [int(x) for x in mask_utils.area([r for r in rles if r is not None])] if any(
-                    r is not None for r in rles) else []
-            elif not isinstance(areas, list) or not all(x is None or isinstance(x, int | float) for x in areas):
+                areas = (
+                    [int(x) for x in mask_utils.area([r for r in rles if r is not None])]
+                    if any(r is not None for r in rles)
+                    else []
+                )
+            elif not isinstance(areas, list) or not all(
+                x is None or isinstance(x, int | float) for x in areas
+            ):
                 raise CrossVISError(where, "'areas' must be a list of numbers or null")
-            tracks.append(_make_track(a["id"], a["category_id"], 0.0, bool(a.get("iscrowd", 0)), rles,
-                                      v.length, areas))
+            tracks.append(
+                _make_track(a["id"], a["category_id"], 0.0, bool(a.get("iscrowd", 0)), rles, v.length, areas)
+            )
         out[v.id] = tracks
     return out
 
@@ -140,7 +162,9 @@ def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[in
     where = str(results) if from_file else "<results>"
     data = read_json(results) if from_file else results
     if not isinstance(data, list):
-        raise CrossVISError(where, "results must be a JSON list of {video_id, category_id, score, segmentations}")
+        raise CrossVISError(
+            where, "results must be a JSON list of {video_id, category_id, score, segmentations}"
+        )
     out: dict[int, list[_Track]] = defaultdict(list)
     cats = set(ds.category_ids)
     for i, r in enumerate(data):
@@ -169,7 +193,9 @@ def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[in
             if not isinstance(s, dict) or "counts" not in s:
                 raise CrossVISError(f"{w}: frame {f}", "segmentation must be an RLE {size, counts} or null")
             if s.get("size") != size:
-                raise CrossVISError(f"{w}: frame {f}", f"RLE size {s.get('size')} differs from the video size {size}")
+                raise CrossVISError(
+                    f"{w}: frame {f}", f"RLE size {s.get('size')} differs from the video size {size}"
+                )
         rles = _rles_of(segs, video.height, video.width, w)
         try:
             out[vid].append(_make_track(i + 1, cid, float(score), False, rles, video.length, None))
@@ -183,8 +209,9 @@ def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[in
 # ------------------------------------------------------------------------------------------------ IoU
 
 
-def video_ious(dts: list[_Track], gts: list[_Track], length: int,
-               keep_frames: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def video_ious(
+    dts: list[_Track], gts: list[_Track], length: int, keep_frames: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Video IoU matrix (D, G), and (``keep_frames``) the per-frame mask IoUs for the identity diagnostics."""
     D, G = len(dts), len(gts)
     per_frame: list[np.ndarray] = []
@@ -201,8 +228,10 @@ def video_ious(dts: list[_Track], gts: list[_Track], length: int,
             per_frame.append(np.zeros((D, G)))
         if di.size == 0 or gi.size == 0:
             continue
-        iou = np.asarray(mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi],
-                                        [0] * gi.size), dtype=np.float64).reshape(di.size, gi.size)
+        iou = np.asarray(
+            mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi], [0] * gi.size),
+            dtype=np.float64,
+        ).reshape(di.size, gi.size)
         s = ad[di, t][:, None] + ag[gi, t][None, :]
         # iou = i / (a_d + a_g - i)  =>  i = iou (a_d + a_g) / (1 + iou), an integer: recover it exactly
         inter[di[:, None], gi[None, :]] += np.rint(iou * s / (1.0 + iou))
@@ -216,8 +245,9 @@ def video_ious(dts: list[_Track], gts: list[_Track], length: int,
 # ------------------------------------------------------------------------------------------------ matching
 
 
-def _match(ious: np.ndarray, gt_ids: list[int], gt_ignore: np.ndarray, crowd: list[bool],
-           n_dt: int) -> tuple[np.ndarray, np.ndarray]:
+def _match(
+    ious: np.ndarray, gt_ids: list[int], gt_ignore: np.ndarray, crowd: list[bool], n_dt: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching at every IoU threshold -> dt_match (T, D) GT ids (0 = none), dt_ignore (T, D)."""
     T, G = len(IOU_THRESHOLDS), len(gt_ids)
     dtm = np.zeros((T, n_dt), dtype=np.int64)
@@ -252,8 +282,11 @@ def _match(ious: np.ndarray, gt_ids: list[int], gt_ignore: np.ndarray, crowd: li
 # ------------------------------------------------------------------------------------------------ main
 
 
-def evaluate(annotations: str | os.PathLike | dict | YTVISDataset, results: str | os.PathLike | list,
-             with_identity: bool = True) -> EvalResult:
+def evaluate(
+    annotations: str | os.PathLike | dict | YTVISDataset,
+    results: str | os.PathLike | list,
+    with_identity: bool = True,
+) -> EvalResult:
     """Official YouTube-VIS AP/AR of ``results`` against ``annotations`` (paths or loaded objects).
 
     Returns an :class:`EvalResult` whose ``stats`` hold the 12 standard numbers in [0, 1] (-1 where undefined),
@@ -288,7 +321,9 @@ def evaluate(annotations: str | os.PathLike | dict | YTVISDataset, results: str 
             d_area = np.array([vd[j].area for j in order], dtype=np.float64)
             sub = ious_all[np.ix_(order, gi)] if order and gi else np.zeros((len(order), len(gi)))
             for a, (lo, hi) in enumerate(ranges):
-                g_ign = np.array([vg[j].iscrowd or vg[j].area < lo or vg[j].area > hi for j in gi], dtype=bool)
+                g_ign = np.array(
+                    [vg[j].iscrowd or vg[j].area < lo or vg[j].area > hi for j in gi], dtype=bool
+                )
                 perm = np.argsort(g_ign, kind="mergesort")  # non-ignored first, stable
                 gids = [vg[gi[j]].id for j in perm]
                 crowd = [vg[gi[j]].iscrowd for j in perm]
@@ -333,7 +368,9 @@ def evaluate(annotations: str | os.PathLike | dict | YTVISDataset, results: str 
         s = precision[:, :, k, 0, M - 1]
         per_cat[names[cid]] = float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
     identity = identity_diagnostics(identity_frames) if with_identity else {}
-    return EvalResult(stats=stats, per_category=per_cat, identity=identity, precision=precision, recall=recall)
+    return EvalResult(
+        stats=stats, per_category=per_cat, identity=identity, precision=precision, recall=recall
+    )
 
 
 def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
@@ -361,8 +398,9 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ identity
 
 
-def identity_diagnostics(frames: dict[int, tuple[list[_Track], list[_Track], list[np.ndarray]]],
-                         iou_threshold: float = 0.5) -> dict[str, Any]:
+def identity_diagnostics(
+    frames: dict[int, tuple[list[_Track], list[_Track], list[np.ndarray]]], iou_threshold: float = 0.5
+) -> dict[str, Any]:
     """Identity switches and fragmentations per video (CLEAR-MOT style, on masks, class-agnostic).
 
     In every frame, GT objects and result tracks present there are matched greedily by descending mask IoU,
@@ -373,7 +411,7 @@ def identity_diagnostics(frames: dict[int, tuple[list[_Track], list[_Track], lis
     """
     per_video = {}
     tot_sw = tot_fr = tot_gt = 0
-    for vid, (dts, gts, per_frame) in frames.items():
+    for vid, (_, gts, per_frame) in frames.items():
         last: dict[int, int] = {}
         gap: dict[int, bool] = {}
         switches = frags = 0

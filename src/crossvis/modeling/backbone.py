@@ -48,8 +48,15 @@ class Backbone(nn.Module):
         weights_file: local ImageNet weights for the trunk (.safetensors or a .pth state dict).
     """
 
-    def __init__(self, name: str = "resnet50", freeze_at: int = 2, stride_in_1x1: bool = True,
-                 frozen_bn: bool = True, pretrained: bool = False, weights_file: str = "") -> None:
+    def __init__(
+        self,
+        name: str = "resnet50",
+        freeze_at: int = 2,
+        stride_in_1x1: bool = True,
+        frozen_bn: bool = True,
+        pretrained: bool = False,
+        weights_file: str = "",
+    ) -> None:
         super().__init__()
         try:
             self.body = timm.create_model(name, features_only=True, pretrained=pretrained)
@@ -57,14 +64,18 @@ class Backbone(nn.Module):
             raise CrossVISError(f"model.backbone.name={name}", str(e).splitlines()[0]) from None
         except Exception as e:  # no network: pretrained weights unavailable
             if pretrained:
-                raise CrossVISError(f"model.backbone.pretrained ({name})",
-                                    f"cannot load ImageNet weights ({type(e).__name__}); put them in a local "
-                                    "file and set model.backbone.weights_file") from None
+                raise CrossVISError(
+                    f"model.backbone.pretrained ({name})",
+                    f"cannot load ImageNet weights ({type(e).__name__}); put them in a local "
+                    "file and set model.backbone.weights_file",
+                ) from None
             raise
         reductions = self.body.feature_info.reduction()
         keep = [reductions.index(r) for r in (8, 16, 32) if r in reductions]
         if len(keep) != 3:
-            raise CrossVISError(f"model.backbone.name={name}", f"needs stride 8/16/32 features, has {reductions}")
+            raise CrossVISError(
+                f"model.backbone.name={name}", f"needs stride 8/16/32 features, has {reductions}"
+            )
         self.keep = keep
         self.out_channels = [self.body.feature_info.channels()[i] for i in keep]
         if weights_file:

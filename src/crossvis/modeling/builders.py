@@ -15,13 +15,26 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
     classifier; ``cfg.model.crossvis.num_identities`` overrides it when non-zero."""
     m: ModelConfig = cfg.model
     b = m.backbone
-    backbone = Backbone(b.name, freeze_at=b.freeze_at, stride_in_1x1=b.stride_in_1x1, frozen_bn=b.frozen_bn,
-                        pretrained=b.pretrained, weights_file=b.weights_file)
+    backbone = Backbone(
+        b.name,
+        freeze_at=b.freeze_at,
+        stride_in_1x1=b.stride_in_1x1,
+        frozen_bn=b.frozen_bn,
+        pretrained=b.pretrained,
+        weights_file=b.weights_file,
+    )
     n_id = m.crossvis.num_identities or num_identities
     return CrossVIS(
-        backbone, num_classes=m.fcos.num_classes, num_identities=n_id, width=m.width, fcos=m.fcos,
-        condinst=m.condinst, crossvis=m.crossvis, pixel_mean=tuple(cfg.input.pixel_mean),
-        pixel_std=tuple(cfg.input.pixel_std), input_format=cfg.input.format,
+        backbone,
+        num_classes=m.fcos.num_classes,
+        num_identities=n_id,
+        width=m.width,
+        fcos=m.fcos,
+        condinst=m.condinst,
+        crossvis=m.crossvis,
+        pixel_mean=tuple(cfg.input.pixel_mean),
+        pixel_std=tuple(cfg.input.pixel_std),
+        input_format=cfg.input.format,
         size_divisibility=cfg.input.size_divisibility,
     )
 
@@ -33,7 +46,9 @@ def _with_overrides(cfg: Config, overrides: dict) -> Config:
     return cfg
 
 
-def _build(backbone: str, num_classes: int, num_identities: int, pretrained_backbone: bool, **overrides) -> CrossVIS:
+def _build(
+    backbone: str, num_classes: int, num_identities: int, pretrained_backbone: bool, **overrides
+) -> CrossVIS:
     cfg = Config()
     cfg.model.backbone = replace(cfg.model.backbone, name=backbone, pretrained=pretrained_backbone)
     if backbone == "dla34":  # DLA has no MSRA stride form and no frozen stem convention
@@ -42,8 +57,9 @@ def _build(backbone: str, num_classes: int, num_identities: int, pretrained_back
     return build_model(_with_overrides(cfg, overrides), num_identities)
 
 
-def crossvis_r50(num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False,
-                 **overrides) -> CrossVIS:
+def crossvis_r50(
+    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides
+) -> CrossVIS:
     """CrossVIS R-50 (official architecture: 37,417,569 parameters with 40 classes and 3,774 identities).
 
     ``overrides`` set model config fields, ``section__field=value`` (e.g. ``crossvis__crossover=False``).
@@ -51,14 +67,16 @@ def crossvis_r50(num_classes: int = 40, num_identities: int = 3774, pretrained_b
     return _build("resnet50", num_classes, num_identities, pretrained_backbone, **overrides)
 
 
-def crossvis_r101(num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False,
-                  **overrides) -> CrossVIS:
+def crossvis_r101(
+    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides
+) -> CrossVIS:
     """CrossVIS R-101 (56,357,473 parameters with 40 classes and 3,774 identities)."""
     return _build("resnet101", num_classes, num_identities, pretrained_backbone, **overrides)
 
 
-def crossvis_lite_dla34(num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False,
-                        **overrides) -> CrossVIS:
+def crossvis_lite_dla34(
+    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides
+) -> CrossVIS:
     """CrossVIS-Lite: a DLA-34 backbone (timm) with the same head."""
     return _build("dla34", num_classes, num_identities, pretrained_backbone, **overrides)
 

@@ -58,8 +58,9 @@ class Detections:
         return int(self.scores.shape[0])
 
     def to(self, device: torch.device | str) -> Detections:
-        return Detections(*(getattr(self, f).to(device) for f in ("boxes", "scores", "classes", "masks",
-                                                                   "embeddings")))
+        return Detections(
+            *(getattr(self, f).to(device) for f in ("boxes", "scores", "classes", "masks", "embeddings"))
+        )
 
 
 @dataclass
@@ -110,12 +111,21 @@ class CrossVIS(nn.Module):
         size_divisibility: inputs are padded to a multiple of this.
     """
 
-    def __init__(self, backbone: Backbone, *, num_classes: int = 40, num_identities: int = 0, width: int = 256,
-                 fcos: FCOSConfig | None = None, condinst: CondInstConfig | None = None,
-                 crossvis: CrossVISConfig | None = None,
-                 pixel_mean: tuple[float, ...] = (103.530, 116.280, 123.675),
-                 pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0), input_format: str = "BGR",
-                 size_divisibility: int = 32) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        num_classes: int = 40,
+        num_identities: int = 0,
+        width: int = 256,
+        fcos: FCOSConfig | None = None,
+        condinst: CondInstConfig | None = None,
+        crossvis: CrossVISConfig | None = None,
+        pixel_mean: tuple[float, ...] = (103.530, 116.280, 123.675),
+        pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0),
+        input_format: str = "BGR",
+        size_divisibility: int = 32,
+    ) -> None:
         super().__init__()
         self.fcos_cfg = fcos = fcos or FCOSConfig(num_classes=num_classes)
         self.condinst_cfg = ci = condinst or CondInstConfig()
@@ -127,17 +137,34 @@ class CrossVIS(nn.Module):
         self.strides = list(fcos.fpn_strides)
         self.backbone = backbone
         self.fpn = FPN(backbone.out_channels, width)
-        self.head = FCOSHead(width, num_classes, fcos.num_convs, fcos.norm, fcos.prior_prob, cv.embedding_dim,
-                             len(self.strides))
+        self.head = FCOSHead(
+            width,
+            num_classes,
+            fcos.num_convs,
+            fcos.norm,
+            fcos.prior_prob,
+            cv.embedding_dim,
+            len(self.strides),
+        )
         soi = [*fcos.sizes_of_interest, fcos.sizes_of_interest[-1] * 2]
-        self.mask_head = DynamicMaskHead(ci.mask_branch_out_channels, ci.mask_head_channels,
-                                         ci.mask_head_num_layers, tuple(soi), ci.mask_out_stride,
-                                         ci.disable_rel_coords)
+        self.mask_head = DynamicMaskHead(
+            ci.mask_branch_out_channels,
+            ci.mask_head_channels,
+            ci.mask_head_num_layers,
+            tuple(soi),
+            ci.mask_out_stride,
+            ci.disable_rel_coords,
+        )
         self.controller = nn.Conv2d(width, self.mask_head.num_params, 3, padding=1)
         nn.init.normal_(self.controller.weight, std=0.01)
         nn.init.zeros_(self.controller.bias)
-        self.mask_branch = MaskBranch(width, ci.mask_branch_channels, ci.mask_branch_num_convs,
-                                      ci.mask_branch_out_channels, ci.mask_branch_norm)
+        self.mask_branch = MaskBranch(
+            width,
+            ci.mask_branch_channels,
+            ci.mask_branch_num_convs,
+            ci.mask_branch_out_channels,
+            ci.mask_branch_norm,
+        )
         self.identity_classifier: nn.Linear | None = None
         if cv.identity_loss.startswith("global") and num_identities > 0:
             self.identity_classifier = nn.Linear(cv.embedding_dim, num_identities)
@@ -168,7 +195,9 @@ class CrossVIS(nn.Module):
         """Per-level (B, C, h, w) -> (B, sum h*w, C), levels concatenated in order."""
         return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
-    def _run(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run(
+        self, x: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backbone -> FPN -> head, controller, mask branch. Returns flattened head outputs, mask_feats,
         locations (L, 2) and the level of each location (L,)."""
         feats = self.fpn(self.backbone(x))
@@ -221,9 +250,16 @@ class CrossVIS(nn.Module):
         offset, offset_other = 0, 0
         for i, t in enumerate(targets):
             boxes, masks = t.boxes.to(dev), t.masks.to(dev)
-            gt_ind, reg = assign_targets(locations, level_of, self.strides, self.ranges, boxes,
-                                         mask_centroids(masks, boxes), self.fcos_cfg.center_sample,
-                                         self.fcos_cfg.pos_radius)
+            gt_ind, reg = assign_targets(
+                locations,
+                level_of,
+                self.strides,
+                self.ranges,
+                boxes,
+                mask_centroids(masks, boxes),
+                self.fcos_cfg.center_sample,
+                self.fcos_cfg.pos_radius,
+            )
             gt_ind_all.append(torch.where(gt_ind >= 0, gt_ind + offset, gt_ind))
             reg_all.append(reg)
             full = masks.new_zeros((masks.shape[0], H, W))
@@ -267,23 +303,41 @@ class CrossVIS(nn.Module):
             loss_ctr = ctr_logit.sum() * 0
 
         p = _Positives(
-            im=pos_b, loc=locations[pos_l], level=level_of[pos_l], params=flat["params"][pos_b, pos_l],
-            emb=flat["embedding"][pos_b, pos_l], gt=pos_gt, local_gt=local_of[pos_gt] if num_pos else pos_gt,
-            identity=identities[pos_gt], link=links[pos_gt], still=still_of[pos_gt],
+            im=pos_b,
+            loc=locations[pos_l],
+            level=level_of[pos_l],
+            params=flat["params"][pos_b, pos_l],
+            emb=flat["embedding"][pos_b, pos_l],
+            gt=pos_gt,
+            local_gt=local_of[pos_gt] if num_pos else pos_gt,
+            identity=identities[pos_gt],
+            link=links[pos_gt],
+            still=still_of[pos_gt],
         )
         keep = _subsample(num_pos, self.condinst_cfg.max_proposals, dev)
         if keep.numel():
-            logits = self.mask_head(mask_feats, self.mask_branch.out_stride, p.params[keep], p.loc[keep],
-                                    p.level[keep], p.im[keep])
+            logits = self.mask_head(
+                mask_feats,
+                self.mask_branch.out_stride,
+                p.params[keep],
+                p.loc[keep],
+                p.level[keep],
+                p.im[keep],
+            )
             loss_mask = dice_loss(logits.sigmoid(), gt_masks[p.gt[keep]]).mean()
         else:
             loss_mask = mask_feats.sum() * 0 + flat["params"].sum() * 0
-        losses = {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr,
-                  "loss_mask": loss_mask}
+        losses = {
+            "loss_fcos_cls": loss_cls,
+            "loss_fcos_loc": loss_loc,
+            "loss_fcos_ctr": loss_ctr,
+            "loss_mask": loss_mask,
+        }
         return losses, p, mask_feats, gt_masks
 
-    def _crossover(self, src: _Positives, dst: _Positives, dst_mask_feats: torch.Tensor,
-                   dst_gt_masks: torch.Tensor) -> torch.Tensor:
+    def _crossover(
+        self, src: _Positives, dst: _Positives, dst_mask_feats: torch.Tensor, dst_gt_masks: torch.Tensor
+    ) -> torch.Tensor:
         """Filters of ``src`` positives segment the same object in the other frame (``dst``), with relative
         coordinates taken at a random positive location of that object there; dice vs its mask."""
         dev = dst_mask_feats.device
@@ -303,11 +357,19 @@ class CrossVIS(nn.Module):
         tgt = s_link[valid]
         order = torch.argsort(d_gt, stable=True)  # dst positives grouped by their GT
         starts = torch.cumsum(counts, 0) - counts
-        pick = order[starts[tgt] + (torch.rand(tgt.numel(), device=dev) * counts[tgt]).long().clamp(
-            max=counts[tgt] - 1)]
+        pick = order[
+            starts[tgt]
+            + (torch.rand(tgt.numel(), device=dev) * counts[tgt]).long().clamp(max=counts[tgt] - 1)
+        ]
         sel = d_keep[pick]
-        logits = self.mask_head(dst_mask_feats, self.mask_branch.out_stride, s_params[valid], dst.loc[sel],
-                                dst.level[sel], dst.im[sel])
+        logits = self.mask_head(
+            dst_mask_feats,
+            self.mask_branch.out_stride,
+            s_params[valid],
+            dst.loc[sel],
+            dst.level[sel],
+            dst.im[sel],
+        )
         return dice_loss(logits.sigmoid(), dst_gt_masks[tgt]).mean()
 
     def _identity_loss(self, p0: _Positives, p1: _Positives) -> torch.Tensor:
@@ -318,13 +380,29 @@ class CrossVIS(nn.Module):
                 return p0.emb.sum() * 0 + p1.emb.sum() * 0
             emb = torch.cat([p0.emb[~p0.still], p1.emb[~p1.still]])
             ids = torch.cat([p0.identity[~p0.still], p1.identity[~p1.still]])
-            return global_identity_loss(emb, ids, self.identity_classifier, embedding_scale(self.num_identities),
-                                        focal=kind == "global_focal", alpha=a, gamma=g)
+            return global_identity_loss(
+                emb,
+                ids,
+                self.identity_classifier,
+                embedding_scale(self.num_identities),
+                focal=kind == "global_focal",
+                alpha=a,
+                gamma=g,
+            )
         # pair-wise: key = frame 0, reference = frame 1; link is the batch-global GT index in frame 1
         k, r = ~p0.still, ~p1.still
         ref_local = self._local_link(p0, p1)
-        return pairwise_identity_loss(p0.emb[k], p0.im[k], ref_local[k], p1.emb[r], p1.im[r], p1.local_gt[r],
-                                      focal=kind == "pairwise_focal", alpha=a, gamma=g)
+        return pairwise_identity_loss(
+            p0.emb[k],
+            p0.im[k],
+            ref_local[k],
+            p1.emb[r],
+            p1.im[r],
+            p1.local_gt[r],
+            focal=kind == "pairwise_focal",
+            alpha=a,
+            gamma=g,
+        )
 
     @staticmethod
     def _local_link(p0: _Positives, p1: _Positives) -> torch.Tensor:
@@ -339,8 +417,12 @@ class CrossVIS(nn.Module):
 
     # ------------------------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def inference(self, images: list[torch.Tensor], output_sizes: list[tuple[int, int]] | None = None,
-                  mask_threshold: float = 0.5) -> list[Detections]:
+    def inference(
+        self,
+        images: list[torch.Tensor],
+        output_sizes: list[tuple[int, int]] | None = None,
+        mask_threshold: float = 0.5,
+    ) -> list[Detections]:
         """Detect and segment each (3, h, w) uint8 RGB image (already resized to the test size).
 
         output_sizes: the original (H, W) of each image to map boxes and masks back to (default: as given).
@@ -371,31 +453,70 @@ class CrossVIS(nn.Module):
                     cand_cls.append(cls_idx)
                     cand_score.append(scores)
                 start = end
-            results.append(self._finish(i, cand_loc, cand_cls, cand_score, flat, locations, level_of, strides,
-                                        mask_feats, x.shape[-2:], sizes[i],
-                                        output_sizes[i] if output_sizes else sizes[i], mask_threshold))
+            results.append(
+                self._finish(
+                    i,
+                    cand_loc,
+                    cand_cls,
+                    cand_score,
+                    flat,
+                    locations,
+                    level_of,
+                    strides,
+                    mask_feats,
+                    x.shape[-2:],
+                    sizes[i],
+                    output_sizes[i] if output_sizes else sizes[i],
+                    mask_threshold,
+                )
+            )
         return results
 
-    def _finish(self, i, cand_loc, cand_cls, cand_score, flat, locations, level_of, strides, mask_feats,
-                padded, size, out_size, mask_threshold) -> Detections:
+    def _finish(
+        self,
+        i,
+        cand_loc,
+        cand_cls,
+        cand_score,
+        flat,
+        locations,
+        level_of,
+        strides,
+        mask_feats,
+        padded,
+        size,
+        out_size,
+        mask_threshold,
+    ) -> Detections:
         dev = mask_feats.device
         if not cand_loc:
             D = flat["embedding"].shape[-1]
-            return Detections(torch.zeros((0, 4), device=dev), torch.zeros(0, device=dev),
-                              torch.zeros(0, dtype=torch.long, device=dev),
-                              torch.zeros((0, *out_size), dtype=torch.bool, device=dev), torch.zeros((0, D), device=dev))
+            return Detections(
+                torch.zeros((0, 4), device=dev),
+                torch.zeros(0, device=dev),
+                torch.zeros(0, dtype=torch.long, device=dev),
+                torch.zeros((0, *out_size), dtype=torch.bool, device=dev),
+                torch.zeros((0, D), device=dev),
+            )
         loc = torch.cat(cand_loc)
         cls = torch.cat(cand_cls)
         scores = torch.cat(cand_score).sqrt()
         reg = flat["bbox_reg"][i, loc] * strides[loc, None]
         xy = locations[loc]
-        boxes = torch.stack([xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2],
-                             xy[:, 1] + reg[:, 3]], 1)
+        boxes = torch.stack(
+            [xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2], xy[:, 1] + reg[:, 3]], 1
+        )
         keep = batched_nms(boxes, scores, cls, self.fcos_cfg.nms_th)[: self.fcos_cfg.post_nms_topk_test]
         loc, cls, scores, boxes = loc[keep], cls[keep], scores[keep], boxes[keep]
         # masks: stride-4 probabilities of the padded input -> padded size -> crop -> original size
-        logits = self.mask_head(mask_feats, self.mask_branch.out_stride, flat["params"][i, loc], locations[loc],
-                                level_of[loc], torch.full_like(loc, i))
+        logits = self.mask_head(
+            mask_feats,
+            self.mask_branch.out_stride,
+            flat["params"][i, loc],
+            locations[loc],
+            level_of[loc],
+            torch.full_like(loc, i),
+        )
         probs = aligned_bilinear(logits.sigmoid()[:, None], padded[0] // logits.shape[-2])
         probs = probs[:, :, : size[0], : size[1]]
         if tuple(out_size) != tuple(size):

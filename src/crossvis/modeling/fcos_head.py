@@ -42,8 +42,16 @@ class FCOSHead(nn.Module):
         embedding (B, D, H, W).
     """
 
-    def __init__(self, width: int = 256, num_classes: int = 40, num_convs: int = 4, norm: str = "GN",
-                 prior_prob: float = 0.01, embedding_dim: int = 256, num_levels: int = 5) -> None:
+    def __init__(
+        self,
+        width: int = 256,
+        num_classes: int = 40,
+        num_convs: int = 4,
+        norm: str = "GN",
+        prior_prob: float = 0.01,
+        embedding_dim: int = 256,
+        num_levels: int = 5,
+    ) -> None:
         super().__init__()
         self.cls_tower = _tower(width, num_convs, norm)
         self.bbox_tower = _tower(width, num_convs, norm)
@@ -62,8 +70,9 @@ class FCOSHead(nn.Module):
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        out: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "bbox_reg", "ctrness", "box_tower",
-                                                               "embedding")}
+        out: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("logits", "bbox_reg", "ctrness", "box_tower", "embedding")
+        }
         for level, x in enumerate(features):
             cls_t, box_t, id_t = self.cls_tower(x), self.bbox_tower(x), self.identity_tower(x)
             out["logits"].append(self.cls_logits(cls_t))

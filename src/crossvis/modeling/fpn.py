@@ -19,8 +19,9 @@ class FPN(nn.Module):
     def __init__(self, in_channels: list[int], out_channels: int = 256) -> None:
         super().__init__()
         self.lateral = nn.ModuleList(_c2_xavier(nn.Conv2d(c, out_channels, 1)) for c in in_channels)
-        self.output = nn.ModuleList(_c2_xavier(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-                                    for _ in in_channels)
+        self.output = nn.ModuleList(
+            _c2_xavier(nn.Conv2d(out_channels, out_channels, 3, padding=1)) for _ in in_channels
+        )
         self.p6 = _c2_xavier(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1))
         self.p7 = _c2_xavier(nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1))
 

@@ -22,7 +22,9 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     inter = (torch.minimum(pl, tl) + torch.minimum(pr, tr)) * (torch.minimum(pt, tt) + torch.minimum(pb, tb))
     union = pa + ta - inter
     iou = (inter + 1.0) / (union + 1.0)
-    enclose = (torch.maximum(pl, tl) + torch.maximum(pr, tr)) * (torch.maximum(pt, tt) + torch.maximum(pb, tb))
+    enclose = (torch.maximum(pl, tl) + torch.maximum(pr, tr)) * (
+        torch.maximum(pt, tt) + torch.maximum(pb, tb)
+    )
     giou = iou - (enclose - union) / enclose.clamp(min=1e-7)
     loss = 1 - giou
     return (loss * weight).sum() if weight is not None else loss.sum()
@@ -39,8 +41,15 @@ def embedding_scale(num_identities: int) -> float:
     return math.sqrt(2) * math.log(max(num_identities - 1, 2))
 
 
-def global_identity_loss(embeddings: torch.Tensor, identities: torch.Tensor, classifier: torch.nn.Linear,
-                         scale: float, focal: bool = True, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def global_identity_loss(
+    embeddings: torch.Tensor,
+    identities: torch.Tensor,
+    classifier: torch.nn.Linear,
+    scale: float,
+    focal: bool = True,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
     """The global balanced embedding loss: classify the scaled, L2-normalised embedding over all identities.
 
     embeddings: (P, D); identities: (P,) in 0..nID-1. Focal: sum / P (zero, not NaN, when P = 0 — the official
@@ -55,9 +64,17 @@ def global_identity_loss(embeddings: torch.Tensor, identities: torch.Tensor, cla
     return sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="sum") / embeddings.shape[0]
 
 
-def pairwise_identity_loss(key_emb: torch.Tensor, key_img: torch.Tensor, key_link: torch.Tensor,
-                           ref_emb: torch.Tensor, ref_img: torch.Tensor, ref_obj: torch.Tensor, focal: bool = False,
-                           alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def pairwise_identity_loss(
+    key_emb: torch.Tensor,
+    key_img: torch.Tensor,
+    key_link: torch.Tensor,
+    ref_emb: torch.Tensor,
+    ref_img: torch.Tensor,
+    ref_obj: torch.Tensor,
+    focal: bool = False,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
     """The pair-wise (MaskTrack R-CNN style) identity loss the paper compares against.
 
     Each key-frame positive is classified among its pair's reference-frame instances plus "new" (slot 0);
@@ -89,7 +106,9 @@ def pairwise_identity_loss(key_emb: torch.Tensor, key_img: torch.Tensor, key_lin
             target = torch.zeros_like(target)
         if focal:
             onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
-            losses.append(sigmoid_focal_loss(logits, onehot, alpha, gamma, reduction="sum") / max(1, len(target)))
+            losses.append(
+                sigmoid_focal_loss(logits, onehot, alpha, gamma, reduction="sum") / max(1, len(target))
+            )
         else:
             losses.append(F.cross_entropy(logits, target))
     if not losses:

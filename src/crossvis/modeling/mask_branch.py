@@ -33,12 +33,21 @@ def _conv_norm_relu(cin: int, cout: int, norm: str) -> nn.Sequential:
 class MaskBranch(nn.Module):
     """in_channels (FPN width) -> mask features (B, out_channels, H/8, W/8), no final activation."""
 
-    def __init__(self, in_channels: int = 256, channels: int = 128, num_convs: int = 4, out_channels: int = 8,
-                 norm: str = "BN", num_inputs: int = 3) -> None:
+    def __init__(
+        self,
+        in_channels: int = 256,
+        channels: int = 128,
+        num_convs: int = 4,
+        out_channels: int = 8,
+        norm: str = "BN",
+        num_inputs: int = 3,
+    ) -> None:
         super().__init__()
         self.refine = nn.ModuleList(_conv_norm_relu(in_channels, channels, norm) for _ in range(num_inputs))
-        self.tower = nn.Sequential(*[_conv_norm_relu(channels, channels, norm) for _ in range(num_convs)],
-                                   nn.Conv2d(channels, out_channels, 1))
+        self.tower = nn.Sequential(
+            *[_conv_norm_relu(channels, channels, norm) for _ in range(num_convs)],
+            nn.Conv2d(channels, out_channels, 1),
+        )
         self.out_stride = 8
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -59,14 +68,22 @@ class DynamicMaskHead(nn.Module):
     input channels are the relative coordinates (instance location - pixel location) / size of the level.
     """
 
-    def __init__(self, in_channels: int = 8, channels: int = 8, num_layers: int = 3,
-                 sizes_of_interest: tuple[int, ...] = (64, 128, 256, 512, 1024), mask_out_stride: int = 4,
-                 disable_rel_coords: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 8,
+        channels: int = 8,
+        num_layers: int = 3,
+        sizes_of_interest: tuple[int, ...] = (64, 128, 256, 512, 1024),
+        mask_out_stride: int = 4,
+        disable_rel_coords: bool = False,
+    ) -> None:
         super().__init__()
         self.in_channels, self.channels, self.num_layers = in_channels, channels, num_layers
         self.rel_coords = not disable_rel_coords
         first_in = in_channels + (2 if self.rel_coords else 0)
-        self.weight_shapes = [(channels, first_in)] + [(channels, channels)] * (num_layers - 2) + [(1, channels)]
+        self.weight_shapes = (
+            [(channels, first_in)] + [(channels, channels)] * (num_layers - 2) + [(1, channels)]
+        )
         self.num_weights = [o * i for o, i in self.weight_shapes]
         self.num_biases = [o for o, _ in self.weight_shapes]
         self.num_params = sum(self.num_weights) + sum(self.num_biases)
@@ -82,8 +99,15 @@ class DynamicMaskHead(nn.Module):
         biases = [b.reshape(n * o) for b, (o, _) in zip(chunks[L:], self.weight_shapes)]
         return weights, biases
 
-    def forward(self, mask_feats: torch.Tensor, mask_feat_stride: int, params: torch.Tensor,
-                locations: torch.Tensor, levels: torch.Tensor, im_inds: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        mask_feats: torch.Tensor,
+        mask_feat_stride: int,
+        params: torch.Tensor,
+        locations: torch.Tensor,
+        levels: torch.Tensor,
+        im_inds: torch.Tensor,
+    ) -> torch.Tensor:
         """Mask logits of N instances at stride ``mask_out_stride``.
 
         mask_feats: (B, C, H, W) at stride ``mask_feat_stride``; params: (N, num_params);
@@ -96,9 +120,13 @@ class DynamicMaskHead(nn.Module):
         if self.rel_coords:
             shift_x = torch.arange(W, device=mask_feats.device, dtype=torch.float32) * mask_feat_stride
             shift_y = torch.arange(H, device=mask_feats.device, dtype=torch.float32) * mask_feat_stride
-            ys, xs = torch.meshgrid(shift_y + mask_feat_stride // 2, shift_x + mask_feat_stride // 2, indexing="ij")
+            ys, xs = torch.meshgrid(
+                shift_y + mask_feat_stride // 2, shift_x + mask_feat_stride // 2, indexing="ij"
+            )
             grid = torch.stack([xs, ys], 0).reshape(1, 2, H, W)  # (1, 2, H, W)
-            rel = (locations.float().reshape(n, 2, 1, 1) - grid) / self.sizes_of_interest[levels].reshape(n, 1, 1, 1)
+            rel = (locations.float().reshape(n, 2, 1, 1) - grid) / self.sizes_of_interest[levels].reshape(
+                n, 1, 1, 1
+            )
             feats = torch.cat([rel.to(feats.dtype), feats], dim=1)
         x = feats.reshape(1, -1, H, W)
         weights, biases = self.split_params(params)

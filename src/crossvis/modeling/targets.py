@@ -36,9 +36,16 @@ def mask_centroids(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return torch.where((area > 0)[:, None], torch.stack([cx, cy], 1), box_c)
 
 
-def assign_targets(locations: torch.Tensor, level_of: torch.Tensor, strides: list[int],
-                   ranges: list[tuple[float, float]], boxes: torch.Tensor, centroids: torch.Tensor,
-                   center_sample: bool = True, radius: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_targets(
+    locations: torch.Tensor,
+    level_of: torch.Tensor,
+    strides: list[int],
+    ranges: list[tuple[float, float]],
+    boxes: torch.Tensor,
+    centroids: torch.Tensor,
+    center_sample: bool = True,
+    radius: float = 1.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign each location of one image to a GT or background.
 
     locations: (L, 2) (x, y) of all levels, concatenated; level_of: (L,) level index of each;

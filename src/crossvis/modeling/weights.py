@@ -42,7 +42,8 @@ class WeightsInfo:
 
 SHIPPED = {
     "synthetic-tiny": WeightsInfo(
-        "synthetic-tiny", "synthetic_tiny.safetensors",
+        "synthetic-tiny",
+        "synthetic_tiny.safetensors",
         "Tiny CrossVIS (ResNet-18, 64 channels) trained on the default synthetic videos "
         "(configs/synthetic_tiny.yaml); see reports/ for its metrics and the command that made it.",
     ),
@@ -76,8 +77,10 @@ class LoadedWeights:
 def read_weights(name_or_path: str | os.PathLike) -> LoadedWeights:
     path = resolve_weights(name_or_path)
     if path.suffix != ".safetensors":
-        raise CrossVISError(path, "crossvis weights are .safetensors files (use `crossvis convert` for official "
-                                  ".pth checkpoints)")
+        raise CrossVISError(
+            path,
+            "crossvis weights are .safetensors files (use `crossvis convert` for official .pth checkpoints)",
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -92,9 +95,15 @@ def read_weights(name_or_path: str | os.PathLike) -> LoadedWeights:
     return LoadedWeights(state, cfg, names, cats, json.loads(meta.get("record", "{}")))
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike, cfg: Config, class_names: list[str],
-                 category_ids: list[int] | None = None, record: dict | None = None,
-                 include_identity_classifier: bool = False) -> Path:
+def save_weights(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    cfg: Config,
+    class_names: list[str],
+    category_ids: list[int] | None = None,
+    record: dict | None = None,
+    include_identity_classifier: bool = False,
+) -> Path:
     """Write the model's weights (atomically) with everything ``predict`` needs to run them."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if not include_identity_classifier:
@@ -112,8 +121,9 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike, cfg: Config, c
     return path
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
-               config: Config | None = None):
+def load_model(
+    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", config: Config | None = None
+):
     """Build the model its weights describe and load them. Returns (model in eval mode, LoadedWeights)."""
     from crossvis.modeling.builders import build_model
 
@@ -125,7 +135,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     state = {k: v for k, v in w.state_dict.items() if not k.startswith("identity_classifier.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CrossVISError(name_or_path, f"weights do not fit the model: {len(missing)} missing keys "
-                            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        raise CrossVISError(
+            name_or_path,
+            f"weights do not fit the model: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})",
+        )
     w.config = cfg
     return model.to(device).eval(), w

@@ -46,8 +46,15 @@ class OnlineTracker:
         use_embedding: False scores by box IoU only (for comparison).
     """
 
-    def __init__(self, match_threshold: float = 0.4, memory_momentum: float = 0.0, max_missed: int = 0,
-                 min_new_score: float = 0.0, hungarian: bool = False, use_embedding: bool = True) -> None:
+    def __init__(
+        self,
+        match_threshold: float = 0.4,
+        memory_momentum: float = 0.0,
+        max_missed: int = 0,
+        min_new_score: float = 0.0,
+        hungarian: bool = False,
+        use_embedding: bool = True,
+    ) -> None:
         self.match_threshold = match_threshold
         self.memory_momentum = memory_momentum
         self.max_missed = max_missed
@@ -64,8 +71,9 @@ class OnlineTracker:
             return self.tracks
         return [t for t in self.tracks if frame - t.last_frame <= self.max_missed]
 
-    def association_scores(self, active: list[Track], boxes: torch.Tensor, classes: torch.Tensor,
-                           embeddings: torch.Tensor) -> torch.Tensor:
+    def association_scores(
+        self, active: list[Track], boxes: torch.Tensor, classes: torch.Tensor, embeddings: torch.Tensor
+    ) -> torch.Tensor:
         """(N, K) scores of N detections against K tracks: cos + IoU, -1 across classes."""
         tb = torch.stack([t.box for t in active])
         score = box_iou(boxes.float(), tb.float())
@@ -75,8 +83,14 @@ class OnlineTracker:
         same = classes[:, None] == torch.tensor([t.category for t in active], device=classes.device)[None]
         return torch.where(same, score, torch.full_like(score, -1.0))
 
-    def update(self, frame: int, boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
-               embeddings: torch.Tensor) -> list[int]:
+    def update(
+        self,
+        frame: int,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        classes: torch.Tensor,
+        embeddings: torch.Tensor,
+    ) -> list[int]:
         """Associate one frame's N detections (in descending score order, as the model returns them).
 
         Returns the track id of each detection, or -1 for a detection that was dropped.
