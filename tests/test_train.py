@@ -207,19 +207,19 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path, synth_dir):
 
 @pytest.mark.slow
 def test_tiny_model_overfits_one_synthetic_pair(synth_dir):
-    """A few hundred CPU steps on one pair: masks IoU > 0.8, crossover and identity losses decrease."""
+    """400 CPU steps on one pair: masks IoU > 0.8, crossover and identity losses decrease."""
     from crossvis.data.pairs import FramePairDataset, collate_pairs
     from crossvis.data.ytvis import YTVISDataset
 
     torch.manual_seed(0)
     ds = YTVISDataset(synth_dir / "annotations.json", synth_dir / "JPEGImages")
-    pairs = FramePairDataset(ds, [96], 128, hflip=False)
+    pairs = FramePairDataset(ds, [128], 192, hflip=False)
     pair = next(p for p in (pairs[(i, 7)] for i in range(len(pairs))) if (p[0].links >= 0).sum() >= 2)
     batch = collate_pairs([pair])
     model = crossvis_tiny(num_classes=5, num_identities=ds.num_identities).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     history = []
-    for _ in range(300):
+    for _ in range(400):
         losses = model(batch)
         opt.zero_grad()
         sum(losses.values()).backward()
@@ -236,3 +236,45 @@ def test_tiny_model_overfits_one_synthetic_pair(synth_dir):
         inter = (det.masks & g).flatten(1).sum(1).float()
         union = (det.masks | g).flatten(1).sum(1).float()
         assert (inter / union).max() > 0.8
+
+
+def test_init_from_weights_reinitialises_only_mismatched_layers(tmp_path, synth_dir):
+    from crossvis.modeling.builders import build_model, tiny_config
+    from crossvis.modeling.weights import save_weights
+
+    torch.manual_seed(1)
+    cfg3 = tiny_config(num_classes=3)
+    donor = build_model(cfg3, num_identities=7)
+    init = tmp_path / "init.safetensors"
+    save_weights(donor, init, cfg3, ["a", "b", "c"], include_identity_classifier=True)
+    out = tmp_path / "run"
+    ov = _overrides(synth_dir, **{"solver.max_iter": 1, "model.weights": init, "solver.base_lr": 0.0})
+    r = subprocess.run(_train_cmd(out, ov), capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (out / "train.log").read_text()
+    assert (
+        "head.cls_logits.weight" in log and "identity_classifier.weight" in log
+    )  # 3 -> 5 classes, 7 -> n ids
+    trained = load_file(str(out / "model_final.safetensors"))
+    donor_sd = donor.state_dict()
+    # lr 0: every tensor that fits comes from the donor (BN running stats move in train mode; skip them)
+    for k in ("head.bbox_pred.weight", "controller.weight", "mask_branch.tower.0.0.weight", "fpn.p6.weight"):
+        assert torch.equal(trained[k], donor_sd[k]), k
+    assert trained["head.cls_logits.weight"].shape[0] == 5
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard scalars
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from crossvis.modeling.backbone import Backbone
+
+    torch.manual_seed(2)
+    ref = timm.create_model("resnet18", features_only=True)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    b = Backbone("resnet18", freeze_at=0, stride_in_1x1=False, frozen_bn=False, weights_file=str(path))
+    assert torch.equal(
+        b.body.state_dict()["layer3.1.conv2.weight"], ref.state_dict()["layer3.1.conv2.weight"]
+    )

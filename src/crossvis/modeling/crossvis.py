@@ -412,7 +412,7 @@ class CrossVIS(nn.Module):
         n = int(max(p1.gt.max().item(), p0.link.max().item() if p0.link.numel() else 0)) + 1
         table = torch.full((n,), -1, dtype=torch.long, device=p0.link.device)
         table[p1.gt] = p1.local_gt
-        # an object with no positive in frame 1 has no table entry: use its rank among the pair's GTs
+        # an object without positives in frame 1 keeps -1 there: it can only be "new" for the pair-wise loss
         return torch.where(p0.link >= 0, table[p0.link.clamp(min=0)], p0.link)
 
     # ------------------------------------------------------------------------------------------- inference
