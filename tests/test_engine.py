@@ -209,3 +209,18 @@ def test_convert_official_checkpoint_names(tmp_path):
     # every model tensor came from the checkpoint and every checkpoint tensor was used
     assert "not in the checkpoint" not in r.stderr and "unused" not in r.stderr
     assert len(ours) == len(sd) + 2  # ours minus the identity classifier (weight, bias) that inference drops
+
+
+def test_demo_writes_every_output(tmp_path, tiny_weights):
+    out = tmp_path / "demo"
+    r = run_cli("demo", "--output", out, "--weights", tiny_weights, "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from PIL import Image
+
+    assert count_frames(out / "overlay.mp4") == 36
+    assert Image.open(out / "contact_sheet.png").size[0] == 4 * 256
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["AP"] <= 1 and "id_switches" in metrics["identity"] and "iou_only_tracker" in metrics
+    assert isinstance(json.loads((out / "results.json").read_text()), list)
+    assert json.loads((out / "tracks.json").read_text())["num_frames"] == 36
+    assert "model-only" in r.stdout and "identity switches" in r.stdout

@@ -137,6 +137,7 @@ class SolverConfig:
         16  # base_lr is for this many pairs; lr = base_lr * ims_per_batch / reference_batch
     )
     scale_lr: bool = True
+    optimizer: str = "SGD"  # SGD (official) | AdamW (trains small models from scratch faster)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4

@@ -143,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from crossvis.engine.demo import run_demo
 
-    for line in run_demo(args.output, args.device):
+    for line in run_demo(args.output, args.device, args.weights):
         _out(line)
     return 0
 

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the shipped weights on a fresh synthetic clip (what `make demo` does)"
     )
     p.add_argument("--output", default="demo_output", help="output folder (default demo_output)")
+    p.add_argument("--weights", default="synthetic-tiny", help="weights to show (default: synthetic-tiny)")
     p.add_argument("--device", default=None)
 
     p = sub.add_parser("benchmark", help="measure model and end-to-end speed")

@@ -178,6 +178,8 @@ def train(
         )
     if s.max_iter <= 0:
         raise CrossVISError("solver.max_iter", "must be positive")
+    if s.optimizer not in ("SGD", "AdamW"):
+        raise CrossVISError("solver.optimizer", f"must be SGD or AdamW, got {s.optimizer!r}")
     per_step = s.ims_per_batch // (world * s.grad_accum)
     device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -201,12 +203,11 @@ def train(
     if cfg.model.condinst.mask_branch_norm == "SyncBN" and world > 1:
         model.mask_branch = nn.SyncBatchNorm.convert_sync_batchnorm(model.mask_branch)
     model.to(device).train()
-    optimizer = torch.optim.SGD(
-        param_groups(model, s.weight_decay, s.weight_decay_norm),
-        lr=lr_at(cfg, 0),
-        momentum=s.momentum,
-        nesterov=s.nesterov,
-    )
+    groups = param_groups(model, s.weight_decay, s.weight_decay_norm)
+    if s.optimizer == "SGD":
+        optimizer = torch.optim.SGD(groups, lr=lr_at(cfg, 0), momentum=s.momentum, nesterov=s.nesterov)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr_at(cfg, 0))
     scaler = torch.amp.GradScaler("cuda", enabled=s.amp and device.type == "cuda")
 
     start_iter, best_ap = 0, -1.0

@@ -114,6 +114,8 @@ class VideoWriter:
                 self._stream.options = {"crf": "20", "preset": "veryfast"}
         frame = frame[: self._stream.height, : self._stream.width]
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf.pts = self.count  # one tick of 1/fps per frame: the encoder keeps every frame
+        vf.time_base = 1 / Fraction(self.fps)
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
         self.count += 1
