@@ -282,3 +282,14 @@ def test_inference_returns_documented_tensors():
     assert (det.boxes[:, 0::2] <= 180).all() and (det.boxes[:, 1::2] <= 120).all() and (det.boxes >= 0).all()
     dets = model.inference([img, img], [(60, 90), (60, 90)])  # batch inference
     assert len(dets) == 2 and torch.equal(dets[0].scores, dets[1].scores)
+
+
+def test_dla34_lite_backbone_strides():
+    from crossvis.modeling.builders import crossvis_lite_dla34
+
+    m = crossvis_lite_dla34(num_identities=0).eval()
+    feats = m.backbone(torch.zeros(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(8, 12), (4, 6), (2, 3)]
+    assert m.backbone.out_channels == [128, 256, 512]
+    (det,) = m.inference([torch.zeros(3, 50, 70, dtype=torch.uint8)])  # padded to 64 x 96 inside
+    assert det.masks.shape[1:] == (50, 70)

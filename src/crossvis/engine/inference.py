@@ -25,11 +25,19 @@ def _predictor(weights: str, config: str | None, device: str | None) -> VideoPre
 
 
 def infer_videos(predictor: VideoPredictor, dataset: YTVISDataset, progress: bool = True) -> list[dict]:
-    """Every video of ``dataset`` -> entries of the official submission format."""
+    """Every video of ``dataset`` -> entries of the official submission format (progress: overall and per
+    video)."""
     results: list[dict] = []
     bar = tqdm(dataset.videos, desc="videos", unit="video", disable=not progress)
     for video in bar:
-        frames = (dataset.load_image(video, f) for f in range(video.length))
+        frames = tqdm(
+            (dataset.load_image(video, f) for f in range(video.length)),
+            total=video.length,
+            desc=f"video {video.id}",
+            unit="frame",
+            leave=False,
+            disable=not progress,
+        )
         vr = predictor.predict_video(frames)
         results.extend(vr.to_results(video.id))
         bar.set_postfix(tracks=len(vr.tracks), fps=f"{vr.num_frames / max(vr.total_seconds, 1e-9):.1f}")
