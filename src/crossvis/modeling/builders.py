@@ -82,7 +82,7 @@ def crossvis_lite_dla34(
 
 
 def tiny_config(num_classes: int = 5) -> Config:
-    """The small CPU model of ``configs/synthetic_tiny.yaml`` (ResNet-18, 64 channels, 2-conv towers)."""
+    """The small CPU model of ``configs/synthetic_tiny.yaml`` (RegNetX-200MF, 64 channels, 2-conv towers)."""
     from crossvis.config import load_config, packaged_config
 
     cfg = load_config(packaged_config("synthetic_tiny"))
@@ -91,5 +91,5 @@ def tiny_config(num_classes: int = 5) -> Config:
 
 
 def crossvis_tiny(num_classes: int = 5, num_identities: int = 0, **overrides) -> CrossVIS:
-    """A tiny CrossVIS for CPU tests and the demo (ResNet-18, 64 channels)."""
+    """A tiny CrossVIS for CPU tests and the demo (RegNetX-200MF, 64 channels)."""
     return build_model(_with_overrides(tiny_config(num_classes), overrides), num_identities)

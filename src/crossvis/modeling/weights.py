@@ -44,7 +44,7 @@ SHIPPED = {
     "synthetic-tiny": WeightsInfo(
         "synthetic-tiny",
         "synthetic_tiny.safetensors",
-        "Tiny CrossVIS (ResNet-18, 64 channels) trained on the default synthetic videos "
+        "Tiny CrossVIS (RegNetX-200MF, 64 channels) trained on the default synthetic videos "
         "(configs/synthetic_tiny.yaml); see reports/ for its metrics and the command that made it.",
     ),
 }
