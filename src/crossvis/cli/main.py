@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="overlay video to write (.mp4)")
     p.add_argument("--json", help="also write the tracks as JSON")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
+    p.add_argument(
+        "--vis-threshold",
+        type=float,
+        default=0.3,
+        help="draw detections scored at least this (default 0.3); the JSON keeps all",
+    )
 
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file")

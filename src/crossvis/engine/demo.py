@@ -14,7 +14,7 @@ from crossvis.data.ytvis import YTVISDataset
 from crossvis.engine.inference import infer_videos, write_tracks_json
 from crossvis.engine.predictor import VideoPredictor
 from crossvis.engine.video_io import VideoWriter
-from crossvis.engine.visualize import contact_sheet, draw_overlay
+from crossvis.engine.visualize import contact_sheet, draw_result
 from crossvis.errors import atomic_path, atomic_write
 from crossvis.evaluation import evaluate, write_results
 from crossvis.evaluation.report import format_metrics
@@ -51,9 +51,7 @@ def run_demo(
     with VideoWriter(out / "overlay.mp4", fps=Fraction(6)) as writer:
 
         def on_frame(frame, res):
-            o = draw_overlay(
-                frame, res.track_ids.tolist(), res.masks, res.boxes, res.class_names, res.scores.tolist()
-            )
+            o = draw_result(frame, res)
             writer.write(o)
             overlays.append(o)
 

@@ -89,10 +89,12 @@ def predict_source(
 ) -> dict:
     """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.
 
+    The overlay draws detections scored >= ``vis_threshold``; the tracks JSON holds every track.
+
     Returns {"frames", "tracks", "fps_end_to_end", "fps_model", "device"}.
     """
     from crossvis.engine.video_io import VideoWriter, open_source
-    from crossvis.engine.visualize import draw_overlay
+    from crossvis.engine.visualize import draw_result
 
     predictor = _predictor(weights, config, device)
     src = open_source(source)
@@ -109,11 +111,7 @@ def predict_source(
     with VideoWriter(output, src.fps) as writer:
 
         def on_frame(frame: np.ndarray, res) -> None:
-            writer.write(
-                draw_overlay(
-                    frame, res.track_ids.tolist(), res.masks, res.boxes, res.class_names, res.scores.tolist()
-                )
-            )
+            writer.write(draw_result(frame, res, vis_threshold))
             bar.update(1)
 
         vr = predictor.predict_video(frames(), on_frame=on_frame)

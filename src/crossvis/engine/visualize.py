@@ -54,3 +54,16 @@ def contact_sheet(frames: list[np.ndarray], columns: int = 4, width: int = 256) 
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % columns) * width, (i // columns) * h))
     return sheet
+
+
+def draw_result(frame: np.ndarray, result, min_score: float = 0.3) -> np.ndarray:
+    """Overlay a :class:`~crossvis.engine.predictor.FrameResult`, drawing tracks scored >= ``min_score``."""
+    keep = np.flatnonzero(result.scores >= min_score)
+    return draw_overlay(
+        frame,
+        result.track_ids[keep].tolist(),
+        result.masks[keep],
+        result.boxes[keep],
+        [result.class_names[i] for i in keep],
+        result.scores[keep].tolist(),
+    )
