@@ -86,6 +86,7 @@ def predict_source(
     device: str | None = None,
     max_frames: int = 0,
     progress: bool = True,
+    vis_threshold: float = 0.3,
 ) -> dict:
     """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.
 
