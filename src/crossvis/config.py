@@ -93,15 +93,17 @@ class ModelConfig:
 
 @dataclass
 class SynthConfig:
-    """Settings of `crossvis synth`, used when a config's synthetic dataset folder is absent."""
+    """Settings of the synthetic video generator (`crossvis synth`); in a config, the split to generate
+    when its folder is absent."""
 
     videos: int = 60
-    frames: int = 12
+    frames: int = 12  # mean length; each video's length varies by +-25%
     seed: int = 0
-    height: int = 192
+    height: int = 192  # largest frame size; videos are 0.75-1x of it
     width: int = 256
     num_classes: int = 5
-    difficulty: float = 1.0
+    difficulty: float = 1.0  # 0 easy .. 2 hard: objects, speed, clutter, gaps
+    compressed_rle: bool = False  # write compressed (string) RLE instead of uncompressed counts
 
 
 @dataclass

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from crossvis.config import SynthConfig
 from crossvis.data.masks import encode_mask, encode_uncompressed, mask_to_box
 from crossvis.errors import CrossVISError, atomic_write
 
@@ -27,16 +27,7 @@ SHAPES = ["circle", "square", "triangle", "star", "cross", "ring", "diamond", "c
 MIN_VISIBLE_PIXELS = 12  # below this an object counts as absent in the frame (null segmentation)
 
 
-@dataclass
-class SynthParams:
-    videos: int = 60
-    frames: int = 12
-    seed: int = 0
-    height: int = 192
-    width: int = 256
-    num_classes: int = 5
-    difficulty: float = 1.0
-    compressed_rle: bool = False
+SynthParams = SynthConfig  # the generator's settings are the config dataclass
 
 
 def _shape_mask(

@@ -32,19 +32,13 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     predictor = VideoPredictor(weights, device=device)
-    synth = predictor.cfg.data.synth_val or predictor.cfg.data.synth_train
-    base = SynthParams(
-        **(
-            {}
-            if synth is None
-            else {k: getattr(synth, k) for k in ("frames", "height", "width", "num_classes", "difficulty")}
-        )
-    )
+    # the generator settings the weights were validated on (sizes, classes, difficulty), with fresh seeds
+    base = predictor.cfg.data.synth_val or predictor.cfg.data.synth_train or SynthParams()
     lines = [f"crossvis demo: weights {weights} on {predictor.device}; outputs in {out}/"]
 
     # 1. a fresh clip -> overlay video, contact sheet, tracks
     clip_dir = out / "clip"
-    generate(clip_dir, SynthParams(**{**vars(base), "videos": 1, "frames": 36, "seed": DEMO_SEED}))
+    generate(clip_dir, replace(base, videos=1, frames=36, seed=DEMO_SEED))
     clip = YTVISDataset(clip_dir / "annotations.json", clip_dir / "JPEGImages")
     video = clip.videos[0]
     overlays = []
@@ -65,7 +59,7 @@ def run_demo(
 
     # 2. a small validation split with a seed the weights never saw -> results.json, metrics.json
     val_dir = out / "val"
-    generate(val_dir, SynthParams(**{**vars(base), "videos": 10, "seed": DEMO_SEED + 1}))
+    generate(val_dir, replace(base, videos=10, seed=DEMO_SEED + 1))
     val = YTVISDataset(val_dir / "annotations.json", val_dir / "JPEGImages")
     t0 = time.perf_counter()
     predictor.model_seconds = 0.0

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from crossvis.config import Config, SynthConfig, dump_config
 from crossvis.data.pairs import FramePairDataset, collate_pairs
-from crossvis.data.synthetic import SynthParams, generate
+from crossvis.data.synthetic import generate
 from crossvis.data.ytvis import YTVISDataset
 from crossvis.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from crossvis.errors import CrossVISError, atomic_write
@@ -71,18 +71,7 @@ class PairStream(Sampler):
 def _synth(cfg: SynthConfig, json_path: str) -> None:
     out = Path(json_path).parent
     log.info("generating synthetic data in %s (%d videos, seed %d)", out, cfg.videos, cfg.seed)
-    generate(
-        out,
-        SynthParams(
-            videos=cfg.videos,
-            frames=cfg.frames,
-            seed=cfg.seed,
-            height=cfg.height,
-            width=cfg.width,
-            num_classes=cfg.num_classes,
-            difficulty=cfg.difficulty,
-        ),
-    )
+    generate(out, cfg)
 
 
 def prepare_data(cfg: Config, rank: int = 0) -> tuple[YTVISDataset, YTVISDataset | None]:
