@@ -431,65 +431,55 @@ class CrossVIS(nn.Module):
         """
         x, sizes = self.preprocess(images)
         flat, mask_feats, locations, level_of = self._run(x)
-        cfg = self.fcos_cfg
-        strides = torch.tensor(self.strides, dtype=torch.float32, device=x.device)[level_of]
         probs = flat["logits"].sigmoid() * flat["ctrness"].sigmoid()  # (B, L, C)
-        level_bounds = torch.bincount(level_of, minlength=len(self.strides)).cumsum(0).tolist()
+        level_ends = torch.bincount(level_of, minlength=len(self.strides)).cumsum(0).tolist()
         results = []
         for i in range(x.shape[0]):
-            cand_loc, cand_cls, cand_score = [], [], []
-            start = 0
-            for end in level_bounds:
-                pr = probs[i, start:end]
-                cand = pr > cfg.inference_th_test
-                n = int(cand.sum())
-                if n:
-                    scores = pr[cand]
-                    loc_idx, cls_idx = cand.nonzero(as_tuple=True)
-                    if n > cfg.pre_nms_topk_test:
-                        scores, top = scores.topk(cfg.pre_nms_topk_test, sorted=False)
-                        loc_idx, cls_idx = loc_idx[top], cls_idx[top]
-                    cand_loc.append(loc_idx + start)
-                    cand_cls.append(cls_idx)
-                    cand_score.append(scores)
-                start = end
+            loc, cls, score = self._candidates(probs[i], level_ends)
+            out_size = output_sizes[i] if output_sizes else sizes[i]
             results.append(
-                self._finish(
+                self._detections(
                     i,
-                    cand_loc,
-                    cand_cls,
-                    cand_score,
+                    loc,
+                    cls,
+                    score,
                     flat,
+                    mask_feats,
                     locations,
                     level_of,
-                    strides,
-                    mask_feats,
-                    x.shape[-2:],
-                    sizes[i],
-                    output_sizes[i] if output_sizes else sizes[i],
+                    (tuple(x.shape[-2:]), sizes[i], tuple(out_size)),
                     mask_threshold,
                 )
             )
         return results
 
-    def _finish(
-        self,
-        i,
-        cand_loc,
-        cand_cls,
-        cand_score,
-        flat,
-        locations,
-        level_of,
-        strides,
-        mask_feats,
-        padded,
-        size,
-        out_size,
-        mask_threshold,
+    def _candidates(self, probs: torch.Tensor, level_ends: list[int]):
+        """(L, C) cls*ctr of one image -> candidate (location, class, cls*ctr): above the threshold, at most
+        ``pre_nms_topk_test`` per level."""
+        cfg = self.fcos_cfg
+        locs, classes, scores = [], [], []
+        start = 0
+        for end in level_ends:
+            pr = probs[start:end]
+            cand = pr > cfg.inference_th_test
+            loc, cls = cand.nonzero(as_tuple=True)
+            sc = pr[loc, cls]
+            if sc.numel() > cfg.pre_nms_topk_test:
+                sc, top = sc.topk(cfg.pre_nms_topk_test, sorted=False)
+                loc, cls = loc[top], cls[top]
+            locs.append(loc + start)
+            classes.append(cls)
+            scores.append(sc)
+            start = end
+        return torch.cat(locs), torch.cat(classes), torch.cat(scores)
+
+    def _detections(
+        self, i, loc, cls, scores, flat, mask_feats, locations, level_of, sizes, mask_threshold
     ) -> Detections:
+        """Candidates of image ``i`` -> NMS, top-k, masks; ``sizes`` = (padded, resized, output) (H, W)."""
+        padded, size, out_size = sizes
         dev = mask_feats.device
-        if not cand_loc:
+        if loc.numel() == 0:
             D = flat["embedding"].shape[-1]
             return Detections(
                 torch.zeros((0, 4), device=dev),
@@ -498,10 +488,9 @@ class CrossVIS(nn.Module):
                 torch.zeros((0, *out_size), dtype=torch.bool, device=dev),
                 torch.zeros((0, D), device=dev),
             )
-        loc = torch.cat(cand_loc)
-        cls = torch.cat(cand_cls)
-        scores = torch.cat(cand_score).sqrt()
-        reg = flat["bbox_reg"][i, loc] * strides[loc, None]
+        scores = scores.sqrt()
+        strides = torch.tensor(self.strides, dtype=torch.float32, device=dev)[level_of[loc]]
+        reg = flat["bbox_reg"][i, loc] * strides[:, None]
         xy = locations[loc]
         boxes = torch.stack(
             [xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2], xy[:, 1] + reg[:, 3]], 1
