@@ -59,7 +59,8 @@ class YTVISDataset:
     """A YouTube-VIS-format dataset.
 
     Args:
-        annotations: path of the JSON file, or the already-loaded dict.
+        annotations: path of the JSON file, or the already-loaded dict (a COCO instance JSON is read as
+            one-frame videos).
         image_root: folder that the videos' ``file_names`` are relative to.
         check: also check every segmentation fully and (with an ``image_root``) that every image file exists.
 
@@ -80,6 +81,8 @@ class YTVISDataset:
         else:
             self.source = str(annotations)
             data = read_json(annotations)
+        if isinstance(data, dict) and "videos" not in data and isinstance(data.get("images"), list):
+            data = coco_as_videos(data)  # a COCO still-image dataset: one-frame videos
         self.image_root = Path(image_root) if image_root is not None else None
         self.raw = data
         self._parse(data, check)
