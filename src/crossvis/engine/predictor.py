@@ -176,7 +176,7 @@ class VideoPredictor:
         tracker = self.new_tracker()
         rles: dict[int, dict[int, dict]] = {}  # track id -> frame -> RLE: no dense masks are kept
         height = width = n = 0
-        self.model_seconds = 0.0
+        model_start = self.model_seconds  # a running total over the predictor's life
         t0 = time.perf_counter()
         for n, frame in enumerate(frames, start=1):
             height, width = frame.shape[:2]
@@ -186,7 +186,7 @@ class VideoPredictor:
             if on_frame is not None:
                 on_frame(frame, res)
         result = VideoResult(
-            n, height, width, model_seconds=self.model_seconds, total_seconds=time.perf_counter() - t0
+            n, height, width, model_seconds=self.model_seconds - model_start, total_seconds=time.perf_counter() - t0
         )
         for t in tracker.tracks:
             frames_of = rles.get(t.id)
