@@ -186,7 +186,11 @@ class VideoPredictor:
             if on_frame is not None:
                 on_frame(frame, res)
         result = VideoResult(
-            n, height, width, model_seconds=self.model_seconds - model_start, total_seconds=time.perf_counter() - t0
+            n,
+            height,
+            width,
+            model_seconds=self.model_seconds - model_start,
+            total_seconds=time.perf_counter() - t0,
         )
         for t in tracker.tracks:
             frames_of = rles.get(t.id)

@@ -208,7 +208,11 @@ def train(
         if st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
         start_iter, best_ap = int(st["iteration"]), float(st.get("best_ap", -1.0))
-        _set_rng_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"])
+        rngs = st["rng"] if isinstance(st["rng"], list) else [st["rng"]]
+        if len(rngs) == world:
+            _set_rng_state(rngs[rank])
+        else:  # another number of ranks: the data stream still resumes exactly, model randomness does not
+            log.warning("checkpoint from %d rank(s), now %d: RNG states not restored", len(rngs), world)
         log.info("resumed from %s at iteration %d", ckpts[-1], start_iter)
     elif resume:
         log.info("no checkpoint in %s: starting from scratch", out)

@@ -217,26 +217,28 @@ def video_ious(
     per_frame: list[np.ndarray] = []
     if D == 0 or G == 0:
         return np.zeros((D, G)), per_frame
-    pd = np.stack([d.present for d in dts])  # (D, T)
-    pg = np.stack([g.present for g in gts])
-    ad = np.stack([d.frame_areas for d in dts]).astype(np.float64)
-    ag = np.stack([g.frame_areas for g in gts]).astype(np.float64)
+    ad = np.stack([d.frame_areas for d in dts]).astype(np.float64)  # (D, T)
+    ag = np.stack([g.frame_areas for g in gts]).astype(np.float64)  # (G, T)
     inter = np.zeros((D, G), dtype=np.float64)
+    # per frame, which tracks are present (plain lists: this loop runs once per frame and video)
+    d_at = [np.flatnonzero(c).tolist() for c in np.stack([d.present for d in dts]).T]
+    g_at = [np.flatnonzero(c).tolist() for c in np.stack([g.present for g in gts]).T]
     for t in range(length):
-        di, gi = np.flatnonzero(pd[:, t]), np.flatnonzero(pg[:, t])
+        di, gi = d_at[t], g_at[t]
         if keep_frames:
             per_frame.append(np.zeros((D, G)))
-        if di.size == 0 or gi.size == 0:
+        if not di or not gi:
             continue
         iou = np.asarray(
-            mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi], [0] * gi.size),
+            mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi], [0] * len(gi)),
             dtype=np.float64,
-        ).reshape(di.size, gi.size)
+        ).reshape(len(di), len(gi))
+        block = np.ix_(di, gi)
         s = ad[di, t][:, None] + ag[gi, t][None, :]
         # iou = i / (a_d + a_g - i)  =>  i = iou (a_d + a_g) / (1 + iou), an integer: recover it exactly
-        inter[di[:, None], gi[None, :]] += np.rint(iou * s / (1.0 + iou))
+        inter[block] += np.rint(iou * s / (1.0 + iou))
         if keep_frames:
-            per_frame[-1][di[:, None], gi[None, :]] = iou
+            per_frame[-1][block] = iou
     union = ad.sum(1)[:, None] + ag.sum(1)[None, :] - inter
     ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     return ious, per_frame
