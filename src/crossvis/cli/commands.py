@@ -100,6 +100,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.device,
         args.max_frames,
         progress=not args.quiet,
+        vis_threshold=args.vis_threshold,
+        folder_fps=args.fps,
     )
     _out(
         f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"

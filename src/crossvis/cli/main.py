@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the tracks as JSON")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
     p.add_argument(
+        "--fps", type=float, default=10.0, help="frame rate of a frame folder's video (default 10)"
+    )
+    p.add_argument(
         "--vis-threshold",
         type=float,
         default=0.3,

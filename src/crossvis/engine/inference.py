@@ -87,6 +87,7 @@ def predict_source(
     max_frames: int = 0,
     progress: bool = True,
     vis_threshold: float = 0.3,
+    folder_fps: float = 10.0,
 ) -> dict:
     """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.
 
@@ -98,7 +99,7 @@ def predict_source(
     from crossvis.engine.visualize import draw_result
 
     predictor = _predictor(weights, config, device)
-    src = open_source(source)
+    src = open_source(source, folder_fps)
     limit = max_frames or None
 
     def frames():
