@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
@@ -225,3 +226,26 @@ def test_demo_writes_every_output(tmp_path, tiny_weights):
     assert isinstance(json.loads((out / "results.json").read_text()), list)
     assert json.loads((out / "tracks.json").read_text())["num_frames"] == n
     assert "model-only" in r.stdout and "identity switches" in r.stdout
+
+
+def test_overlay_colours_by_id_and_skips_low_scores():
+    from crossvis.engine.predictor import FrameResult
+    from crossvis.engine.visualize import draw_result, track_color
+
+    frame = np.zeros((40, 40, 3), np.uint8)
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 25:35, 25:35] = True
+    masks[1, 25:35, 2:12] = True
+    res = FrameResult(
+        0,
+        np.array([7, 3]),
+        np.array([0, 1]),
+        ["a", "b"],
+        np.array([0.2, 0.9]),
+        np.array([[25, 25, 35, 35], [2, 25, 12, 35]], float),
+        masks,
+    )
+    out = draw_result(frame, res, min_score=0.3)
+    assert out[30, 30].tolist() == [0, 0, 0]  # score 0.2: not drawn
+    assert np.allclose(out[30, 7], np.array(track_color(3)) * 0.5, atol=1)  # id 3 colour, alpha 0.5
+    assert track_color(3) == track_color(3) and track_color(3) != track_color(7)
