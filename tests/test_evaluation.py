@@ -218,6 +218,10 @@ def test_identity_switches_and_fragmentations():
     assert r.identity["id_switches"] == 1 and r.identity["fragmentations"] == 1
     r = evaluate(gt, [res(1, 1, 0.9, [A, A, A, A])])
     assert r.identity["id_switches"] == 0 and r.identity["fragmentations"] == 0
+    # a duplicate that overlaps better in one frame does not steal a still-valid correspondence
+    A2 = box(0, 2, 0, 3)  # IoU with A: 4/6
+    r = evaluate(gt, [res(1, 1, 0.9, [A2, A2, A2, A2]), res(1, 1, 0.5, [None, A, None, None])])
+    assert r.identity["id_switches"] == 0
 
 
 def test_cli_evaluate_writes_metrics_and_results_zip(tmp_path):

@@ -405,8 +405,10 @@ def identity_diagnostics(
 ) -> dict[str, Any]:
     """Identity switches and fragmentations per video (CLEAR-MOT style, on masks, class-agnostic).
 
-    In every frame, GT objects and result tracks present there are matched greedily by descending mask IoU,
-    one-to-one, keeping pairs with IoU >= ``iou_threshold``. For each GT track:
+    In every frame, GT objects and result tracks present there are matched one-to-one with mask IoU >=
+    ``iou_threshold``: first each GT keeps the result track it was last matched to while that pair still has
+    IoU >= the threshold (the CLEAR-MOT rule, so overlapping duplicates do not flip the match), then the
+    remaining pairs are matched greedily by descending IoU. For each GT track:
     an *identity switch* is a frame where it is matched to a different result track than at its previous
     matched frame; a *fragmentation* is a frame where it is matched again after one or more frames in which
     it was present but unmatched. Results are not penalised for frames where the GT is absent.
@@ -420,9 +422,16 @@ def identity_diagnostics(
         for t, iou in enumerate(per_frame):
             if iou.size == 0:
                 continue
+            used_d, used_g = set(), set()
+            for g, d in last.items():  # previous correspondences that are still valid
+                if iou[d, g] >= iou_threshold and d not in used_d:
+                    used_d.add(d)
+                    used_g.add(g)
+                    if gap.get(g):
+                        frags += 1
+                    gap[g] = False
             pairs = np.argwhere(iou >= iou_threshold)
             order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="mergesort")
-            used_d, used_g = set(), set()
             for d, g in pairs[order].tolist():
                 if d in used_d or g in used_g:
                     continue
