@@ -86,6 +86,9 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
     with atomic_write(p) as f:
         f.write("new")
     assert p.read_text() == "new" and os.listdir(tmp_path) == ["out.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would create it, not mkstemp's 0600
 
 
 def test_cli_help_lists_every_subcommand():
