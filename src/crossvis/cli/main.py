@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vis-threshold",
         type=float,
-        default=0.3,
-        help="draw detections scored at least this (default 0.3); the JSON keeps all",
+        default=0.5,
+        help="draw detections scored at least this (default 0.5, as detectron2's demo); the JSON keeps all",
     )
 
     p = sub.add_parser("train", help="train a model from a YAML config")

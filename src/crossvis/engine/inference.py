@@ -86,7 +86,7 @@ def predict_source(
     device: str | None = None,
     max_frames: int = 0,
     progress: bool = True,
-    vis_threshold: float = 0.3,
+    vis_threshold: float = 0.5,
     folder_fps: float = 10.0,
 ) -> dict:
     """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.

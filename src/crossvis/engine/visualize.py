@@ -56,7 +56,7 @@ def contact_sheet(frames: list[np.ndarray], columns: int = 4, width: int = 256) 
     return sheet
 
 
-def draw_result(frame: np.ndarray, result, min_score: float = 0.3) -> np.ndarray:
+def draw_result(frame: np.ndarray, result, min_score: float = 0.5) -> np.ndarray:
     """Overlay a :class:`~crossvis.engine.predictor.FrameResult`, drawing tracks scored >= ``min_score``."""
     keep = np.flatnonzero(result.scores >= min_score)
     return draw_overlay(
