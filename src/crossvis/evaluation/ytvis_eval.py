@@ -209,39 +209,27 @@ def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[in
 # ------------------------------------------------------------------------------------------------ IoU
 
 
-def video_ious(
-    dts: list[_Track], gts: list[_Track], length: int, keep_frames: bool = False
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Video IoU matrix (D, G), and (``keep_frames``) the per-frame mask IoUs for the identity diagnostics."""
+def video_ious(dts: list[_Track], gts: list[_Track], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Video IoU matrix (D, G) and the per-frame mask IoUs (T, D, G) (0 where either side is absent)."""
     D, G = len(dts), len(gts)
-    per_frame: list[np.ndarray] = []
+    frame_iou = np.zeros((length, D, G))
     if D == 0 or G == 0:
-        return np.zeros((D, G)), per_frame
-    ad = np.stack([d.frame_areas for d in dts]).astype(np.float64)  # (D, T)
-    ag = np.stack([g.frame_areas for g in gts]).astype(np.float64)  # (G, T)
-    inter = np.zeros((D, G), dtype=np.float64)
+        return np.zeros((D, G)), frame_iou
+    ad = np.stack([d.frame_areas for d in dts]).T.astype(np.float64)  # (T, D)
+    ag = np.stack([g.frame_areas for g in gts]).T.astype(np.float64)  # (T, G)
     # per frame, which tracks are present (plain lists: this loop runs once per frame and video)
     d_at = [np.flatnonzero(c).tolist() for c in np.stack([d.present for d in dts]).T]
     g_at = [np.flatnonzero(c).tolist() for c in np.stack([g.present for g in gts]).T]
     for t in range(length):
         di, gi = d_at[t], g_at[t]
-        if keep_frames:
-            per_frame.append(np.zeros((D, G)))
-        if not di or not gi:
-            continue
-        iou = np.asarray(
-            mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi], [0] * len(gi)),
-            dtype=np.float64,
-        ).reshape(len(di), len(gi))
-        block = np.ix_(di, gi)
-        s = ad[di, t][:, None] + ag[gi, t][None, :]
-        # iou = i / (a_d + a_g - i)  =>  i = iou (a_d + a_g) / (1 + iou), an integer: recover it exactly
-        inter[block] += np.rint(iou * s / (1.0 + iou))
-        if keep_frames:
-            per_frame[-1][block] = iou
-    union = ad.sum(1)[:, None] + ag.sum(1)[None, :] - inter
+        if di and gi:
+            iou = mask_utils.iou([dts[k].rles[t] for k in di], [gts[k].rles[t] for k in gi], [0] * len(gi))
+            frame_iou[t][np.ix_(di, gi)] = np.asarray(iou, dtype=np.float64).reshape(len(di), len(gi))
+    # iou = i / (a_d + a_g - i)  =>  i = iou (a_d + a_g) / (1 + iou), an integer: recover it exactly
+    inter = np.rint(frame_iou * (ad[:, :, None] + ag[:, None, :]) / (1.0 + frame_iou)).sum(0)
+    union = ad.sum(0)[:, None] + ag.sum(0)[None, :] - inter
     ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return ious, per_frame
+    return ious, frame_iou
 
 
 # ------------------------------------------------------------------------------------------------ matching
@@ -303,13 +291,13 @@ def evaluate(
     ranges = list(AREA_RANGES.values())
     # per (category, area) -> list over videos (ascending id) of (scores, dtm, dtig, dt_area_out, n_gt_non_ignored)
     per_ka: dict[tuple[int, int], list] = defaultdict(list)
-    identity_frames: dict[int, tuple[list[_Track], list[_Track], list[np.ndarray]]] = {}
+    identity_frames: dict[int, tuple[list[_Track], list[_Track], np.ndarray]] = {}
 
     for video in ds.videos:
         vg, vd = gts.get(video.id, []), dts.get(video.id, [])
         if not vg and not vd:
             continue
-        ious_all, per_frame = video_ious(vd, vg, video.length, keep_frames=with_identity)
+        ious_all, per_frame = video_ious(vd, vg, video.length)
         if with_identity:
             identity_frames[video.id] = (vd, vg, per_frame)
         for k, cid in enumerate(cat_ids):
@@ -401,7 +389,7 @@ def _summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
 
 
 def identity_diagnostics(
-    frames: dict[int, tuple[list[_Track], list[_Track], list[np.ndarray]]], iou_threshold: float = 0.5
+    frames: dict[int, tuple[list[_Track], list[_Track], np.ndarray]], iou_threshold: float = 0.5
 ) -> dict[str, Any]:
     """Identity switches and fragmentations per video (CLEAR-MOT style, on masks, class-agnostic).
 
