@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -91,18 +92,25 @@ def test_pair_stream_shards_and_resumes():
     assert resumed == first[7:12]
 
 
-def test_train_cli_runs_and_exports_weights_that_predict_uses(tmp_path, synth_dir):
+def test_train_cli_runs_validates_and_exports_weights_that_predict_uses(tmp_path, synth_dir):
     out = tmp_path / "run"
-    r = subprocess.run(
-        _train_cmd(out, _overrides(synth_dir, **{"solver.max_iter": 3})),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    ov = _overrides(
+        synth_dir,
+        **{
+            "solver.max_iter": 3,
+            "test.eval_period": 3,
+            "data.val_json": synth_dir / "annotations.json",
+            "data.val_images": synth_dir / "JPEGImages",
+        },
     )
+    r = subprocess.run(_train_cmd(out, ov), capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     final = out / "model_final.safetensors"
     assert final.is_file() and (out / "train.log").is_file() and (out / "config.yaml").is_file()
     assert list((out / "checkpoints").glob("model_0000003.*"))  # saved at the end
+    val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [v["iteration"] for v in val] == [3] and 0 <= val[0]["AP"] <= 1
+    assert (out / "model_best.safetensors").is_file()
     from crossvis.modeling.weights import load_model
 
     model, w = load_model(final)

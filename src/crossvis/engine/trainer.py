@@ -32,6 +32,7 @@ from crossvis.data.synthetic import generate
 from crossvis.data.ytvis import YTVISDataset
 from crossvis.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from crossvis.errors import CrossVISError, atomic_write
+from crossvis.evaluation import Evaluator
 from crossvis.modeling.builders import build_model
 from crossvis.modeling.weights import read_weights, save_weights
 
@@ -259,6 +260,7 @@ def train(
     data_iter = iter(loader)
     bar = tqdm(total=s.max_iter, initial=start_iter, disable=rank != 0, unit="it", dynamic_ncols=True)
     bad_in_row = 0
+    val_eval = None
     t_start = time.perf_counter()
     while it < s.max_iter:
         t0 = time.perf_counter()
@@ -334,7 +336,9 @@ def train(
             rng = _gather_rng(world)
             if rank == 0:
                 if cfg.test.eval_period and val_ds is not None and (it % cfg.test.eval_period == 0 or last):
-                    ap = _validate(model, cfg, val_ds, class_names, cat_ids, writer, it, out)
+                    if val_eval is None:  # ground truth prepared once for every validation
+                        val_eval = Evaluator(val_ds)
+                    ap = _validate(model, cfg, val_eval, class_names, cat_ids, writer, it, out)
                     if ap > best_ap:
                         best_ap = ap
                         save_weights(
@@ -406,17 +410,16 @@ def _init_weights(model: nn.Module, cfg: Config) -> None:
 
 
 def _validate(
-    model: nn.Module, cfg: Config, val_ds: YTVISDataset, class_names, cat_ids, writer, it: int, out: Path
+    model: nn.Module, cfg: Config, val_eval, class_names, cat_ids, writer, it: int, out: Path
 ) -> float:
     from crossvis.engine.inference import infer_videos
     from crossvis.engine.predictor import VideoPredictor
-    from crossvis.evaluation import evaluate
 
     was_training = model.training
     model.eval()
     predictor = VideoPredictor.from_model(model, cfg, class_names, cat_ids)
-    results = infer_videos(predictor, val_ds, progress=False)
-    r = evaluate(val_ds, results)
+    results = infer_videos(predictor, val_eval.dataset, progress=False)
+    r = val_eval.evaluate(results)
     model.train(was_training)
     log.info(
         "iteration %d validation: AP %.4f AP50 %.4f AR10 %.4f id-switches %d",

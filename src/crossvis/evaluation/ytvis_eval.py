@@ -281,10 +281,26 @@ def evaluate(
 
     Returns an :class:`EvalResult` whose ``stats`` hold the 12 standard numbers in [0, 1] (-1 where undefined),
     ``per_category`` the AP of each category, and ``identity`` the identity-switch diagnostics.
+    To evaluate many results files against one ground truth (e.g. during training), prepare it once with
+    :class:`Evaluator`.
     """
-    ds = _load_gt(annotations)
-    gts = _gt_tracks(ds)
-    dts = load_results(results, ds)
+    return Evaluator(annotations).evaluate(results, with_identity)
+
+
+class Evaluator:
+    """Ground truth loaded, validated and converted to RLE once; ``evaluate(results)`` as often as needed."""
+
+    def __init__(self, annotations: str | os.PathLike | dict | YTVISDataset) -> None:
+        self.dataset = _load_gt(annotations)
+        self.gt_tracks = _gt_tracks(self.dataset)
+
+    def evaluate(self, results: str | os.PathLike | list, with_identity: bool = True) -> EvalResult:
+        return _evaluate(self.dataset, self.gt_tracks, load_results(results, self.dataset), with_identity)
+
+
+def _evaluate(
+    ds: YTVISDataset, gts: dict[int, list[_Track]], dts: dict[int, list[_Track]], with_identity: bool
+) -> EvalResult:
     cat_ids = ds.category_ids
     K, A, M = len(cat_ids), len(AREA_RANGES), len(MAX_DETS)
     T, R = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
