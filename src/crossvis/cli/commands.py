@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ]
         ),
     )
-    final = train(cfg, args.output, resume=args.resume)
+    final = train(cfg, args.output, resume=args.resume, progress=not args.quiet)
     if not dist.is_initialized() or dist.get_rank() == 0:
         _out(f"wrote {final}")
     if dist.is_initialized():

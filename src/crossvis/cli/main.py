@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -136,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         logging.basicConfig(
-            level=logging.WARNING if args.quiet else logging.INFO,
-            format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s",
+            level=logging.INFO, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"
         )
+        if args.quiet:  # the console shows warnings and errors; log files (train.log) keep everything
+            for handler in logging.getLogger().handlers:
+                handler.setLevel(logging.WARNING)
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crossvis: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` & co.: stop quietly (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         if debug:
             raise

@@ -153,9 +153,16 @@ def _set_rng_state(s: dict) -> None:
 
 
 def train(
-    cfg: Config, output: str | Path | None = None, resume: bool = False, max_seconds: float | None = None
+    cfg: Config,
+    output: str | Path | None = None,
+    resume: bool = False,
+    max_seconds: float | None = None,
+    progress: bool = True,
 ) -> Path:
-    """Train per ``cfg`` and return the path of the final weights (``OUTPUT/model_final.safetensors``)."""
+    """Train per ``cfg`` and return the path of the final weights (``OUTPUT/model_final.safetensors``).
+
+    ``max_seconds`` stops (with a checkpoint) after that much wall time; ``progress`` shows the tqdm bar.
+    """
     out = Path(output or cfg.output_dir)
     cfg = replace(cfg, output_dir=str(out))
     rank, world, local = _init_distributed()
@@ -258,7 +265,9 @@ def train(
 
     it = start_iter
     data_iter = iter(loader)
-    bar = tqdm(total=s.max_iter, initial=start_iter, disable=rank != 0, unit="it", dynamic_ncols=True)
+    bar = tqdm(
+        total=s.max_iter, initial=start_iter, disable=rank != 0 or not progress, unit="it", dynamic_ncols=True
+    )
     bad_in_row = 0
     val_eval = None
     t_start = time.perf_counter()
