@@ -50,13 +50,7 @@ def main() -> None:
     print("| association | " + " | ".join(KEYS) + " | ID switches | fragmentations |")
     print("|---|" + "---|" * (len(KEYS) + 2))
     for name, use_emb in (("embedding cos + IoU (official)", True), ("IoU only", False)):
-        p = VideoPredictor.from_model(
-            predictor.model,
-            predictor.cfg,
-            predictor.class_names,
-            predictor.category_ids,
-            replace(predictor.tracker_cfg, use_embedding=use_emb),
-        )
+        p = predictor.with_tracker(use_embedding=use_emb)
         t0 = time.perf_counter()
         r = evaluate(ds, infer_videos(p, ds, progress=False))
         dt = time.perf_counter() - t0

@@ -160,22 +160,10 @@ def test_two_process_gloo_run_matches_one_process_loss(tmp_path, synth_dir):
     )
     one = subprocess.run(_train_cmd(tmp_path / "one", ov), capture_output=True, text=True, cwd=ROOT)
     assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "crossvis.cli.main",
-        "-q",
-        "train",
-        "configs/synthetic_tiny.yaml",
-        "--output",
-        str(tmp_path / "two"),
-        *ov,
-    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun = (
+        launcher + _train_cmd(tmp_path / "two", ov)[1:]
+    )  # "python -m crossvis.cli.main ..." minus python
     two = subprocess.run(
         torchrun, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )

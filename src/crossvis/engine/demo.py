@@ -69,13 +69,7 @@ def run_demo(
     write_results(results, out / "results.json")
     metrics = evaluate(val, results)
     # the same split with IoU-only association: what the learned embedding buys
-    iou_only = VideoPredictor.from_model(
-        predictor.model,
-        predictor.cfg,
-        predictor.class_names,
-        predictor.category_ids,
-        replace(predictor.tracker_cfg, use_embedding=False),
-    )
+    iou_only = predictor.with_tracker(use_embedding=False)
     metrics_iou = evaluate(val, infer_videos(iou_only, val, progress=False))
     with atomic_write(out / "metrics.json") as f:
         json.dump({**metrics.to_dict(), "iou_only_tracker": metrics_iou.to_dict()}, f, indent=1)

@@ -114,6 +114,12 @@ class VideoPredictor:
         self._setup(model, cfg, class_names, category_ids, tracker)
         return self
 
+    def with_tracker(self, **changes) -> VideoPredictor:
+        """The same model with other tracker options, e.g. ``with_tracker(use_embedding=False)``."""
+        return VideoPredictor.from_model(
+            self.model, self.cfg, self.class_names, self.category_ids, replace(self.tracker_cfg, **changes)
+        )
+
     def new_tracker(self) -> OnlineTracker:
         t = self.tracker_cfg
         return OnlineTracker(
@@ -205,7 +211,3 @@ class VideoPredictor:
                     }
                 )
         return result
-
-
-def with_tracker(cfg: TrackerConfig, **changes) -> TrackerConfig:
-    return replace(cfg, **changes)
