@@ -2,9 +2,9 @@
 
     python benchmarks/ablation.py --iters 1500 --seeds 0 1 [--rows all] [--out reports]
 
-Protocol: train split = `crossvis synth` defaults (60 videos, seed 0), validation split = 30 videos with seed
-1000 (never trained on). Every row trains configs/synthetic_tiny.yaml for the same number of iterations from
-scratch, then runs the online tracker on the validation split and evaluates it (AP, AP50, AP75, AR1, AR10,
+Protocol: train split = configs/synthetic_tiny.yaml's (400 synthetic videos, seed 0), validation split = 30
+videos with seed 1000 (never trained on). Every row trains configs/synthetic_tiny.yaml for the same number of
+iterations from scratch (LR x0.1 at 80% and 92.5% of them), then runs the online tracker on the validation split and evaluates it (AP, AP50, AP75, AR1, AR10,
 identity switches). Results go to OUT/ablation.json; OUT/ablation.md and OUT/ablation.png are rebuilt from it,
 so rows can be added run by run.
 """
@@ -53,6 +53,7 @@ def run_row(name: str, seed: int, iters: int, out: Path) -> dict:
     overrides = [
         f"seed={seed}",
         f"solver.max_iter={iters}",
+        f"solver.steps=[{int(0.8 * iters)}, {int(0.925 * iters)}]",  # the tiny schedule's shape, scaled
         f"model.crossvis.crossover={str(cross).lower()}",
         f"model.crossvis.identity_loss={ident}",
         f"model.crossvis.sample_region={region}",
