@@ -1,12 +1,14 @@
 """The synthetic benchmark protocol and the paper's ablations (Tables 6-8 analogues) on it.
 
+    pip install -e .[reports]   # matplotlib, for the plot (the tables need nothing extra)
     python benchmarks/ablation.py --iters 2000 --seeds 0 1 --jobs 2 [--rows all | NAME ...] [--out reports]
 
 Protocol: train split = configs/synthetic_tiny.yaml's (400 synthetic videos, seed 0), validation split = 30
-videos with seed 1000 (never trained on). Every row trains configs/synthetic_tiny.yaml for the same number of
-iterations from scratch (LR x0.1 at 80% and 92.5% of them), then runs the online tracker on the validation split and evaluates it (AP, AP50, AP75, AR1, AR10,
-identity switches). Results go to OUT/ablation.json; OUT/ablation.md and OUT/ablation.png are rebuilt from it,
-so rows can be added run by run.
+videos with seed 1000 (never trained on). Every row trains configs/synthetic_tiny.yaml from scratch for the same
+number of iterations (LR x0.1 at 80% and 92.5% of them), then runs the online tracker on the validation split
+and evaluates it (AP, AP50, AP75, AR1, AR10, identity switches), and again with IoU-only association.
+Results go to OUT/ablation.json, one record per run; rows already there are skipped, so a study can be split
+across sessions. OUT/ablation.md (its generated block) and OUT/ablation.png are rebuilt from the records.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,9 +69,9 @@ COUNTS = {"id_switches", "id_switches_iou_only"}  # integers; the rest are fract
 VAL = {"videos": 30, "frames": 12, "seed": 1000, "height": 192, "width": 256}
 
 
-def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
+def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
+    """The `crossvis train` command line of one run."""
     cross, ident, region = ROWS[name]
-    run = out / "runs" / f"{name}_seed{seed}"
     val_json = out / "val" / "annotations.json"
     overrides = [
         f"seed={seed}",
@@ -83,7 +86,14 @@ def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
         "test.eval_period=0",
         f"solver.checkpoint_period={iters}",
     ]
-    cmd = ["crossvis", "train", "configs/synthetic_tiny.yaml", "--output", str(run), *overrides]
+    run = out / "runs" / f"{name}_seed{seed}"
+    return ["crossvis", "train", "configs/synthetic_tiny.yaml", "--output", str(run), *overrides]
+
+
+def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
+    cmd = train_command(name, seed, iters, out)
+    run = out / "runs" / f"{name}_seed{seed}"
+    val_json = out / "val" / "annotations.json"
     # Several runs can share the machine (--jobs); each gets its share of the cores.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
@@ -119,7 +129,7 @@ def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
         "iters": iters,
         "train_minutes": round(minutes, 1),
         "threads": threads,
-        "command": " ".join(cmd),
+        "command": shlex.join(cmd),
         **{k: r.stats[k] for k in METRICS[:-1]},
         "id_switches": r.identity["id_switches"],
     }
@@ -192,7 +202,7 @@ def write_report(out: Path, records: list[dict]) -> None:
             + " |"
         )
     lines += ["", "Commands (the ablation script runs each through `python -m crossvis.cli.main`):", ""]
-    lines += [f"- `{r['command']}`" for r in records]
+    lines += [f"- `{shlex.join(train_command(r['row'], r['seed'], r['iters'], out))}`" for r in records]
     lines += ["", END]
     path = out / "ablation.md"
     old = path.read_text() if path.is_file() else ""
