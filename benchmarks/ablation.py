@@ -69,6 +69,11 @@ COUNTS = {"id_switches", "id_switches_iou_only"}  # integers; the rest are fract
 VAL = {"videos": 30, "frames": 12, "seed": 1000, "height": 192, "width": 256}
 
 
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    """Where one run's checkpoints, log and final weights go."""
+    return out / "runs" / f"{name}_seed{seed}"
+
+
 def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
     """The `crossvis train` command line of one run."""
     cross, ident, region = ROWS[name]
@@ -86,13 +91,19 @@ def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
         "test.eval_period=0",
         f"solver.checkpoint_period={iters}",
     ]
-    run = out / "runs" / f"{name}_seed{seed}"
-    return ["crossvis", "train", "configs/synthetic_tiny.yaml", "--output", str(run), *overrides]
+    return [
+        "crossvis",
+        "train",
+        "configs/synthetic_tiny.yaml",
+        "--output",
+        str(run_dir(out, name, seed)),
+        *overrides,
+    ]
 
 
 def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
     cmd = train_command(name, seed, iters, out)
-    run = out / "runs" / f"{name}_seed{seed}"
+    run = run_dir(out, name, seed)
     val_json = out / "val" / "annotations.json"
     # Several runs can share the machine (--jobs); each gets its share of the cores.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -142,7 +153,7 @@ def add_iou_only(record: dict, out: Path) -> None:
     from crossvis.engine.predictor import VideoPredictor
     from crossvis.evaluation import evaluate
 
-    weights = out / "runs" / f"{record['row']}_seed{record['seed']}" / "model_final.safetensors"
+    weights = run_dir(out, record["row"], record["seed"]) / "model_final.safetensors"
     ds = YTVISDataset(out / "val" / "annotations.json", out / "val" / "JPEGImages")
     predictor = VideoPredictor(str(weights)).with_tracker(use_embedding=False)
     r = evaluate(ds, infer_videos(predictor, ds, progress=False))
@@ -285,7 +296,7 @@ def main() -> None:
         for f in [pool.submit(one, job) for job in todo]:
             f.result()
     for r in records:  # runs made before the IoU-only columns existed
-        if "AP_iou_only" not in r and (out / "runs" / f"{r['row']}_seed{r['seed']}").is_dir():
+        if "AP_iou_only" not in r and run_dir(out, r["row"], r["seed"]).is_dir():
             add_iou_only(r, out)
             db.write_text(json.dumps(records, indent=1))
     write_report(out, records)
