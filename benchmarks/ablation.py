@@ -74,10 +74,15 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
     return out / "runs" / f"{name}_seed{seed}"
 
 
+def val_split(out: Path) -> tuple[Path, Path]:
+    """The validation split every run is evaluated on: (annotations JSON, image folder)."""
+    return out / "val" / "annotations.json", out / "val" / "JPEGImages"
+
+
 def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
     """The `crossvis train` command line of one run."""
     cross, ident, region = ROWS[name]
-    val_json = out / "val" / "annotations.json"
+    val_json, val_images = val_split(out)
     overrides = [
         f"seed={seed}",
         f"solver.max_iter={iters}",
@@ -86,7 +91,7 @@ def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
         f"model.crossvis.identity_loss={ident}",
         f"model.crossvis.sample_region={region}",
         f"data.val_json={val_json}",
-        f"data.val_images={out / 'val' / 'JPEGImages'}",
+        f"data.val_images={val_images}",
         "data.synth_val={" + ", ".join(f"{k}: {v}" for k, v in VAL.items()) + "}",
         "test.eval_period=0",
         f"solver.checkpoint_period={iters}",
@@ -101,39 +106,27 @@ def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
     ]
 
 
+def evaluate_run(name: str, seed: int, out: Path, use_embedding: bool):
+    """Track the validation split with a finished run's weights and evaluate it (an EvalResult)."""
+    from crossvis.data.ytvis import YTVISDataset
+    from crossvis.engine.inference import infer_videos
+    from crossvis.engine.predictor import VideoPredictor
+    from crossvis.evaluation import evaluate
+
+    ds = YTVISDataset(*val_split(out))
+    weights = run_dir(out, name, seed) / "model_final.safetensors"
+    predictor = VideoPredictor(str(weights)).with_tracker(use_embedding=use_embedding)
+    return evaluate(ds, infer_videos(predictor, ds, progress=False))
+
+
 def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
     cmd = train_command(name, seed, iters, out)
-    run = run_dir(out, name, seed)
-    val_json = out / "val" / "annotations.json"
     # Several runs can share the machine (--jobs); each gets its share of the cores.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "crossvis.cli.main", "-q", *cmd[1:]], check=True, env=env)
     minutes = (time.perf_counter() - t0) / 60
-    res = run / "val_results.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "crossvis.cli.main",
-            "-q",
-            "infer",
-            "--weights",
-            str(run / "model_final.safetensors"),
-            "--annotations",
-            str(val_json),
-            "--images",
-            str(out / "val" / "JPEGImages"),
-            "--output",
-            str(res),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env=env,
-    )
-    from crossvis.evaluation import evaluate
-
-    r = evaluate(str(val_json), str(res))
+    r = evaluate_run(name, seed, out, use_embedding=True)
     return {
         "row": name,
         "seed": seed,
@@ -148,15 +141,7 @@ def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
 
 def add_iou_only(record: dict, out: Path) -> None:
     """Fill IOU_ONLY for a finished run from its saved weights (cheap: 30 short videos)."""
-    from crossvis.data.ytvis import YTVISDataset
-    from crossvis.engine.inference import infer_videos
-    from crossvis.engine.predictor import VideoPredictor
-    from crossvis.evaluation import evaluate
-
-    weights = run_dir(out, record["row"], record["seed"]) / "model_final.safetensors"
-    ds = YTVISDataset(out / "val" / "annotations.json", out / "val" / "JPEGImages")
-    predictor = VideoPredictor(str(weights)).with_tracker(use_embedding=False)
-    r = evaluate(ds, infer_videos(predictor, ds, progress=False))
+    r = evaluate_run(record["row"], record["seed"], out, use_embedding=False)
     record["AP_iou_only"] = r.stats["AP"]
     record["id_switches_iou_only"] = r.identity["id_switches"]
 
