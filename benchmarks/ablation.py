@@ -115,7 +115,7 @@ def evaluate_run(name: str, seed: int, out: Path, use_embedding: bool):
 
     ds = YTVISDataset(*val_split(out))
     weights = run_dir(out, name, seed) / "model_final.safetensors"
-    predictor = VideoPredictor(str(weights)).with_tracker(use_embedding=use_embedding)
+    predictor = VideoPredictor.from_weights(str(weights)).with_tracker(use_embedding=use_embedding)
     return evaluate(ds, infer_videos(predictor, ds, progress=False))
 
 

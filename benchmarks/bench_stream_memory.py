@@ -34,7 +34,7 @@ def main() -> None:
     p = SynthParams(frames=40, height=192, width=256)
     clips = [render_video(p, i)[0] for i in range(3)]
     frames = itertools.islice(itertools.cycle([f for c in clips for f in c]), args.frames)
-    predictor = VideoPredictor(args.weights)
+    predictor = VideoPredictor.from_weights(args.weights)
     seen = {}
     t0 = time.perf_counter()
 

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--data", default="reports/data")
     args = ap.parse_args()
-    predictor = VideoPredictor(args.weights)
+    predictor = VideoPredictor.from_weights(args.weights)
     base = predictor.cfg.data.synth_val or predictor.cfg.data.synth_train or SynthParams()
     split = Path(args.data) / f"val_seed{args.seed}"
     if not (split / "annotations.json").is_file():

@@ -97,7 +97,7 @@ def test_python_api_streams_frames(synth_dir, tiny_weights):
     ds = YTVISDataset(synth_dir / "annotations.json", synth_dir / "JPEGImages")
     v = ds.videos[1]
     frames = [ds.load_image(v, f) for f in range(v.length)]
-    p = VideoPredictor(tiny_weights, device="cpu")
+    p = VideoPredictor.from_weights(tiny_weights, device="cpu")
     results = list(p.track(frames))
     assert [r.index for r in results] == list(range(v.length))
     r0 = results[0]

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import run_cli
 from crossvis.config import Config, load_config, parse_overrides
-from crossvis.errors import CrossVISError, atomic_write
+from crossvis.errors import CrossVISError
+from crossvis.io import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 

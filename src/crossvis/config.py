@@ -332,11 +332,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         data = _read_yaml(path)
         where = str(path)
-    cfg = _build(Config, data, where, "")
-    if overrides:
-        over = parse_overrides(overrides)
-        cfg = _build(Config, _merge(config_to_dict(cfg), over), "command line", "")
-    return cfg
+    return apply_overrides(_build(Config, data, where, ""), overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | None, where: str = "command line") -> Config:
+    """A new config: ``cfg`` with ``key.sub=value`` overrides, validated as a YAML file is (``cfg`` itself is
+    left unchanged)."""
+    if not overrides:
+        return config_from_dict(config_to_dict(cfg), where)
+    return _build(Config, _merge(config_to_dict(cfg), parse_overrides(overrides)), where, "")
 
 
 def dump_config(cfg: Config) -> str:

@@ -1,4 +1,4 @@
-"""The one error type users see, and the atomic file writer every command uses.
+"""The one error type users see.
 
 Any :class:`CrossVISError` raised in the library is printed by the CLI as one line
 ``crossvis: error: <where>: <what>`` and exits with code 2.
@@ -6,19 +6,7 @@ Any :class:`CrossVISError` raised in the library is printed by the CLI as one li
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO
-
-
-def _default_mode() -> int:
-    """0o666 minus the process umask: what open() would give (mkstemp files are 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 class CrossVISError(Exception):
@@ -28,37 +16,3 @@ class CrossVISError(Exception):
         self.where = str(where)
         self.what = what
         super().__init__(f"{self.where}: {what}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` for writers that need a file name (video encoders,
-    safetensors, zip); it is renamed over ``path`` on success and removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
-
-    On any exception the temporary file is removed and ``path`` is left untouched, so a crash or bad
-    input never leaves a half-written output behind.
-    """
-    with (
-        atomic_path(path, suffix=".tmp") as tmp,
-        open(tmp, mode, encoding=None if "b" in mode else encoding) as f,
-    ):
-        yield f

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from crossvis.errors import atomic_write
+from crossvis.io import atomic_write
 
 log = logging.getLogger("crossvis")
 
@@ -76,10 +76,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
         args.annotations,
         args.images,
         args.output,
-        args.zip,
-        args.evaluate,
-        args.config,
-        args.device,
+        zip_=args.zip,
+        with_eval=args.evaluate,
+        config=args.config,
+        overrides=args.overrides,
+        device=args.device,
         progress=not args.quiet,
     )
     _out(f"wrote {', '.join(map(str, r['written']))} ({r['tracks']} tracks, {r['videos']} videos)")
@@ -95,10 +96,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.source,
         args.weights,
         args.output,
-        args.json,
-        args.config,
-        args.device,
-        args.max_frames,
+        json_path=args.json,
+        config=args.config,
+        overrides=args.overrides,
+        device=args.device,
+        max_frames=args.max_frames,
         progress=not args.quiet,
         vis_threshold=args.vis_threshold,
         folder_fps=args.fps,
@@ -145,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from crossvis.engine.demo import run_demo
 
-    for line in run_demo(args.output, args.device, args.weights):
+    for line in run_demo(args.output, device=args.device, weights=args.weights, overrides=args.overrides):
         _out(line)
     return 0
 
@@ -153,7 +155,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from crossvis.engine.benchmark import run_benchmark
 
-    for line in run_benchmark(args.weights, args.size, args.backbone, args.iters, args.device):
+    for line in run_benchmark(
+        args.weights, size=args.size, backbone=args.backbone, iters=args.iters, device=args.device
+    ):
         _out(line)
     return 0
 

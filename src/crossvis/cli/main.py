@@ -11,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 
 from crossvis.errors import CrossVISError
 
@@ -25,6 +24,15 @@ class _Parser(argparse.ArgumentParser):
         raise CrossVISError(self.prog, message)
 
 
+def _common() -> argparse.ArgumentParser:
+    """Options every subcommand accepts anywhere on its line (``crossvis train CFG a=1 -q``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a subcommand's absent flag must not reset one given before the subcommand
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
 def _add_weights(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--weights",
@@ -35,8 +43,15 @@ def _add_weights(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
+def _add_overrides(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides {what}, key.sub=value"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crossvis import __version__
+    from crossvis.cli import commands as c
 
     parser = _Parser(
         prog="crossvis",
@@ -46,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    common = [_common()]
 
-    p = sub.add_parser("synth", help="generate a synthetic YouTube-VIS-format dataset")
+    p = sub.add_parser("synth", parents=common, help="generate a synthetic YouTube-VIS-format dataset")
+    p.set_defaults(func=c.cmd_synth)
     p.add_argument("out_dir", help="output folder (JPEGImages/ and annotations.json are written there)")
     p.add_argument("--videos", type=int, default=60, help="number of videos (default 60)")
     p.add_argument(
@@ -60,20 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--difficulty", type=float, default=1.0, help="0 easy .. 2 hard (default 1.0)")
     p.add_argument("--compressed-rle", action="store_true", help="write compressed (string) RLE")
 
-    p = sub.add_parser("evaluate", help="official YouTube-VIS AP of a results file")
+    p = sub.add_parser("evaluate", parents=common, help="official YouTube-VIS AP of a results file")
+    p.set_defaults(func=c.cmd_evaluate)
     p.add_argument("annotations", help="ground-truth JSON (YouTube-VIS format)")
     p.add_argument("results", help="results JSON (official submission format)")
     p.add_argument("--output", help="write the 12 stats (and per-category AP) as JSON")
 
-    p = sub.add_parser("infer", help="run a model over every video of a dataset JSON -> results file")
+    p = sub.add_parser(
+        "infer", parents=common, help="run a model over every video of a dataset JSON -> results file"
+    )
+    p.set_defaults(func=c.cmd_infer)
     _add_weights(p)
     p.add_argument("--annotations", required=True, help="dataset JSON (videos are read from it)")
     p.add_argument("--images", required=True, help="image root that file_names are relative to")
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--zip", action="store_true", help="also write the zip the evaluation servers accept")
     p.add_argument("--evaluate", action="store_true", help="evaluate when the JSON has annotations")
+    _add_overrides(p, "on top of the weights' config (e.g. test.tracker.hungarian=true)")
 
-    p = sub.add_parser("predict", help="segment and track a video file, frame folder or webcam")
+    p = sub.add_parser(
+        "predict", parents=common, help="segment and track a video file, frame folder or webcam"
+    )
+    p.set_defaults(func=c.cmd_predict)
     p.add_argument("source", help="video file, folder of frames, or webcam index (0, 1, ...)")
     _add_weights(p)
     p.add_argument("--output", required=True, help="overlay video to write (.mp4)")
@@ -88,42 +113,63 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="draw detections scored at least this (default 0.5, as detectron2's demo); the JSON keeps all",
     )
+    _add_overrides(p, "on top of the weights' config (e.g. model.fcos.inference_th_test=0.1)")
 
-    p = sub.add_parser("train", help="train a model from a YAML config")
+    p = sub.add_parser("train", parents=common, help="train a model from a YAML config")
+    p.set_defaults(func=c.cmd_train)
     p.add_argument("config", help="YAML config file")
     p.add_argument("--output", help="output folder (default: the config's output_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output")
-    p.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+    _add_overrides(p, "on top of the config file (e.g. solver.max_iter=20)")
 
     p = sub.add_parser(
-        "demo", help="run the shipped weights on a fresh synthetic clip (what `make demo` does)"
+        "demo",
+        parents=common,
+        help="run the shipped weights on a fresh synthetic clip (what `make demo` does)",
     )
+    p.set_defaults(func=c.cmd_demo)
     p.add_argument("--output", default="demo_output", help="output folder (default demo_output)")
     p.add_argument("--weights", default="synthetic-tiny", help="weights to show (default: synthetic-tiny)")
     p.add_argument("--device", default=None)
+    _add_overrides(p, "on top of the weights' config")
 
-    p = sub.add_parser("benchmark", help="measure model and end-to-end speed")
+    p = sub.add_parser("benchmark", parents=common, help="measure model and end-to-end speed")
+    p.set_defaults(func=c.cmd_benchmark)
     _add_weights(p, required=False)
     p.add_argument("--size", default="360x640", help="input HxW (default 360x640)")
     p.add_argument("--backbone", default="", help="time a builder (resnet50 ...) with random weights instead")
     p.add_argument("--iters", type=int, default=10)
 
-    p = sub.add_parser("export", help="export weights (+config, class names) to one safetensors file")
+    p = sub.add_parser(
+        "export", parents=common, help="export weights (+config, class names) to one safetensors file"
+    )
+    p.set_defaults(func=c.cmd_export)
     p.add_argument("checkpoint", help="a training checkpoint or weights file")
     p.add_argument("--output", required=True)
 
-    p = sub.add_parser("convert", help="convert official CrossVIS/CondInst detectron2 checkpoints")
+    p = sub.add_parser(
+        "convert", parents=common, help="convert official CrossVIS/CondInst detectron2 checkpoints"
+    )
+    p.set_defaults(func=c.cmd_convert)
     p.add_argument("checkpoint", help="official .pth (detectron2 format)")
     p.add_argument("--output", required=True, help=".safetensors file to write")
     p.add_argument("--config", help="YAML config describing the architecture (default R-50)")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    from crossvis.cli import commands
-
-    handler: Callable[[argparse.Namespace], int] = getattr(commands, f"cmd_{args.command}")
-    return handler(args) or 0
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse, letting ``key=value`` overrides stand anywhere after the subcommand (argparse takes one run of
+    positionals only): stray overrides join ``args.overrides``; anything else is named as unrecognised."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if "=" in e and not e.startswith("-")]
+    unknown = [e for e in extra if e not in stray]
+    if stray and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *stray]
+    else:
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,11 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra and args.command == "train" and not any(e.startswith("-") for e in extra):
-            args.overrides = [*args.overrides, *extra]  # key=value overrides after options
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = _parse(parser, argv)
         logging.basicConfig(
             level=logging.INFO, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"
         )
@@ -145,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help(sys.stderr)
             return 2
-        return _run(args)
+        return args.func(args) or 0
     except CrossVISError as e:
         if debug:
             raise

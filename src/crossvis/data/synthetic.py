@@ -19,7 +19,8 @@ from PIL import Image
 
 from crossvis.config import SynthConfig
 from crossvis.data.masks import encode_mask, encode_uncompressed, mask_to_box
-from crossvis.errors import CrossVISError, atomic_write
+from crossvis.errors import CrossVISError
+from crossvis.io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ def device_name(device: torch.device) -> str:
 
 def run_benchmark(
     weights: str | None = None,
+    *,
     size: str = "360x640",
     backbone: str = "",
     iters: int = 10,

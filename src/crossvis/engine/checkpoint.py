@@ -12,7 +12,8 @@ import torch
 
 from crossvis.config import Config, load_config, resolve_config_path
 from crossvis.data.ytvis import YTVIS2019_CATEGORIES
-from crossvis.errors import CrossVISError, atomic_path
+from crossvis.errors import CrossVISError
+from crossvis.io import atomic_path
 from crossvis.modeling.weights import read_weights, save_weights
 
 log = logging.getLogger(__name__)

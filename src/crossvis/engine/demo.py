@@ -15,9 +15,9 @@ from crossvis.engine.inference import infer_videos, write_tracks_json
 from crossvis.engine.predictor import VideoPredictor
 from crossvis.engine.video_io import VideoWriter
 from crossvis.engine.visualize import contact_sheet, draw_result
-from crossvis.errors import atomic_path, atomic_write
 from crossvis.evaluation import evaluate, write_results
 from crossvis.evaluation.report import format_metrics
+from crossvis.io import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,18 @@ DEMO_SEED = 20261125  # never used for training data
 
 
 def run_demo(
-    output: str = "demo_output", device: str | None = None, weights: str = "synthetic-tiny"
+    output: str = "demo_output",
+    *,
+    device: str | None = None,
+    weights: str = "synthetic-tiny",
+    overrides: list[str] | None = None,
 ) -> list[str]:
-    """Run the demo; returns the lines of its report (metrics, speed, paths)."""
+    """Run the demo; returns the lines of its report (metrics, speed, paths). ``overrides``
+    (``key.sub=value``) are layered over the weights' config."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    predictor = VideoPredictor(weights, device=device)
+    predictor = VideoPredictor.from_weights(weights, device=device, overrides=overrides)
     # the generator settings the weights were validated on (sizes, classes, difficulty), with fresh seeds
     base = predictor.cfg.data.synth_val or predictor.cfg.data.synth_train or SynthParams()
     lines = [f"crossvis demo: weights {weights} on {predictor.device}; outputs in {out}/"]

@@ -13,15 +13,18 @@ from tqdm import tqdm
 from crossvis.config import load_config, resolve_config_path
 from crossvis.data.ytvis import YTVISDataset
 from crossvis.engine.predictor import VideoPredictor
-from crossvis.errors import CrossVISError, atomic_write
+from crossvis.errors import CrossVISError
 from crossvis.evaluation import evaluate, write_results
+from crossvis.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 
-def _predictor(weights: str, config: str | None, device: str | None) -> VideoPredictor:
+def _predictor(
+    weights: str, config: str | None, overrides: list[str] | None, device: str | None
+) -> VideoPredictor:
     cfg = load_config(resolve_config_path(config)) if config else None
-    return VideoPredictor(weights, device=device, config=cfg)
+    return VideoPredictor.from_weights(weights, device=device, config=cfg, overrides=overrides)
 
 
 def infer_videos(predictor: VideoPredictor, dataset: YTVISDataset, progress: bool = True) -> list[dict]:
@@ -49,17 +52,21 @@ def infer_dataset(
     annotations: str,
     images: str,
     output: str,
+    *,
     zip_: bool = False,
     with_eval: bool = False,
     config: str | None = None,
+    overrides: list[str] | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Every video of a dataset JSON -> the official results file (and zip); optionally evaluate it.
 
+    ``overrides`` (``key.sub=value``) are layered over the weights' (or ``config``'s) config.
+
     Returns {"written": [paths], "tracks": n, "videos": n, "metrics": EvalResult or None}.
     """
-    predictor = _predictor(weights, config, device)
+    predictor = _predictor(weights, config, overrides, device)
     ds = YTVISDataset(annotations, images)
     if with_eval and not ds.has_annotations:
         raise CrossVISError(annotations, "--evaluate needs annotations in the JSON")
@@ -81,8 +88,10 @@ def predict_source(
     source: str,
     weights: str,
     output: str,
+    *,
     json_path: str | None = None,
     config: str | None = None,
+    overrides: list[str] | None = None,
     device: str | None = None,
     max_frames: int = 0,
     progress: bool = True,
@@ -98,7 +107,7 @@ def predict_source(
     from crossvis.engine.video_io import VideoWriter, open_source
     from crossvis.engine.visualize import draw_result
 
-    predictor = _predictor(weights, config, device)
+    predictor = _predictor(weights, config, overrides, device)
     src = open_source(source, folder_fps)
     limit = max_frames or None
 

@@ -1,4 +1,4 @@
-"""The video front door: ``VideoPredictor(weights).track(frames)`` streams per-frame tracked instances;
+"""The video front door: ``VideoPredictor.from_weights(weights).track(frames)`` streams per-frame tracked instances;
 ``predict_video(path)`` returns whole-video instances. Memory stays flat however long the video: masks of
 finished frames are kept only as RLE."""
 
@@ -16,6 +16,7 @@ from PIL import Image
 from crossvis.config import Config, TrackerConfig
 from crossvis.data.masks import encode_mask
 from crossvis.data.pairs import resize_shape
+from crossvis.modeling.crossvis import CrossVIS
 from crossvis.modeling.weights import load_model
 from crossvis.tracking import OnlineTracker
 
@@ -69,62 +70,63 @@ class VideoPredictor:
     """Run a CrossVIS model and the online tracker over videos.
 
     Args:
-        weights: a shipped weight-set name (``synthetic-tiny``) or a crossvis ``.safetensors`` file.
-        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
-        config: a :class:`Config` to use instead of the one stored with the weights.
+        model: a :class:`~crossvis.modeling.crossvis.CrossVIS` in eval mode (its device is used).
+        config: the config it was built from (input sizes, mask threshold, tracker defaults).
+        class_names: name of each contiguous class (default "0", "1", ...).
+        category_ids: the dataset category id of each class, for results files (default 1..C).
         tracker: tracker options (default: the config's ``test.tracker``, the official rule).
+
+    Use :meth:`from_weights` for a shipped weight set or a ``.safetensors`` file.
     """
 
     def __init__(
         self,
-        weights: str | os.PathLike = "synthetic-tiny",
-        device: str | torch.device | None = None,
-        config: Config | None = None,
+        model: CrossVIS,
+        config: Config,
+        class_names: list[str] | None = None,
+        category_ids: list[int] | None = None,
+        *,
         tracker: TrackerConfig | None = None,
     ) -> None:
-        device = torch.device(device) if device else default_device()
-        model, w = load_model(weights, device, config)
-        self._setup(model, w.config, w.class_names, w.category_ids, tracker)
-
-    def _setup(
-        self,
-        model,
-        cfg: Config,
-        class_names: list[str],
-        category_ids: list[int],
-        tracker: TrackerConfig | None,
-    ) -> None:
-        self.model, self.cfg, self.device = model, cfg, model.device
-        self.class_names = list(class_names) or [str(i) for i in range(model.num_classes)]
-        self.category_ids = list(category_ids) or list(range(1, model.num_classes + 1))
-        self.tracker_cfg = tracker or cfg.test.tracker
+        if isinstance(model, str | os.PathLike):
+            raise TypeError("VideoPredictor takes a model; use VideoPredictor.from_weights(path or name)")
+        self.model, self.cfg, self.device = model, config, model.device
+        self.class_names = list(class_names or [str(i) for i in range(model.num_classes)])
+        self.category_ids = list(category_ids or range(1, model.num_classes + 1))
+        self.tracker_cfg = tracker or config.test.tracker
         self.model_seconds = 0.0
 
     @classmethod
-    def from_model(
+    def from_weights(
         cls,
-        model,
-        cfg: Config,
-        class_names: list[str],
-        category_ids: list[int],
+        weights: str | os.PathLike = "synthetic-tiny",
+        *,
+        device: str | torch.device | None = None,
+        config: Config | None = None,
+        overrides: list[str] | None = None,
         tracker: TrackerConfig | None = None,
     ) -> VideoPredictor:
-        """A predictor around an in-memory model (e.g. during training); the model should be in eval mode."""
-        self = cls.__new__(cls)
-        self._setup(model, cfg, class_names, category_ids, tracker)
-        return self
+        """A predictor for a shipped weight-set name (``synthetic-tiny``) or a crossvis ``.safetensors`` file.
+
+        ``config`` replaces the config stored with the weights; ``overrides`` (``key.sub=value``, e.g.
+        ``test.tracker.hungarian=true``) are layered on top; ``device`` defaults to CUDA when available.
+        """
+        device = torch.device(device) if device else default_device()
+        model, w = load_model(weights, device, config, overrides)
+        return cls(model, w.config, w.class_names, w.category_ids, tracker=tracker)
 
     def with_tracker(self, **changes) -> VideoPredictor:
         """The same model with other tracker options, e.g. ``with_tracker(use_embedding=False)``."""
-        return VideoPredictor.from_model(
-            self.model, self.cfg, self.class_names, self.category_ids, replace(self.tracker_cfg, **changes)
+        return VideoPredictor(
+            self.model,
+            self.cfg,
+            self.class_names,
+            self.category_ids,
+            tracker=replace(self.tracker_cfg, **changes),
         )
 
     def new_tracker(self) -> OnlineTracker:
-        t = self.tracker_cfg
-        return OnlineTracker(
-            t.match_threshold, t.memory_momentum, t.max_missed, t.min_new_score, t.hungarian, t.use_embedding
-        )
+        return OnlineTracker(self.tracker_cfg)
 
     def _input(self, frame: np.ndarray) -> torch.Tensor:
         h, w = frame.shape[:2]

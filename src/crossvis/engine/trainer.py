@@ -31,8 +31,9 @@ from crossvis.data.pairs import FramePairDataset, collate_pairs
 from crossvis.data.synthetic import generate
 from crossvis.data.ytvis import YTVISDataset
 from crossvis.engine.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from crossvis.errors import CrossVISError, atomic_write
+from crossvis.errors import CrossVISError
 from crossvis.evaluation import Evaluator
+from crossvis.io import atomic_write
 from crossvis.modeling.builders import build_model
 from crossvis.modeling.weights import read_weights, save_weights
 
@@ -426,7 +427,7 @@ def _validate(
 
     was_training = model.training
     model.eval()
-    predictor = VideoPredictor.from_model(model, cfg, class_names, cat_ids)
+    predictor = VideoPredictor(model, cfg, class_names, cat_ids)
     results = infer_videos(predictor, val_eval.dataset, progress=False)
     r = val_eval.evaluate(results)
     model.train(was_training)

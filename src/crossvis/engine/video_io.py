@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from crossvis.data.ytvis import load_rgb
-from crossvis.errors import CrossVISError, atomic_path
+from crossvis.errors import CrossVISError
+from crossvis.io import atomic_path
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 

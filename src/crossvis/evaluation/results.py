@@ -7,7 +7,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from crossvis.errors import atomic_path, atomic_write
+from crossvis.io import atomic_path, atomic_write
 
 
 def write_results(results: list[dict], path: str | os.PathLike, zip_: bool = False) -> list[Path]:

@@ -19,8 +19,9 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from crossvis.config import Config, config_from_dict, dump_config
-from crossvis.errors import CrossVISError, atomic_path
+from crossvis.config import Config, apply_overrides, config_from_dict, dump_config
+from crossvis.errors import CrossVISError
+from crossvis.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,21 @@ def save_weights(
 
 
 def load_model(
-    name_or_path: str | os.PathLike, device: str | torch.device = "cpu", config: Config | None = None
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    config: Config | None = None,
+    overrides: list[str] | None = None,
 ):
-    """Build the model its weights describe and load them. Returns (model in eval mode, LoadedWeights)."""
+    """Build the model its weights describe and load them. Returns (model in eval mode, LoadedWeights).
+
+    ``config`` replaces the config stored with the weights; ``overrides`` (``key.sub=value``) are applied on
+    top of either. The caller's config object is never modified.
+    """
     from crossvis.modeling.builders import build_model
 
     w = read_weights(name_or_path)
-    cfg = config or w.config
-    cfg.model.backbone.pretrained = False
+    # ImageNet initialisation is irrelevant (every tensor is loaded next) and must not touch the network
+    cfg = apply_overrides(config or w.config, [*(overrides or []), "model.backbone.pretrained=false"])
     cfg.model.backbone.weights_file = ""
     model = build_model(cfg, num_identities=0)
     state = {k: v for k, v in w.state_dict.items() if not k.startswith("identity_classifier.")}

@@ -9,12 +9,14 @@ end. Improvements are explicit options, all off by default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
+
+from crossvis.config import TrackerConfig
 
 
 @dataclass
@@ -37,39 +39,24 @@ class OnlineTracker:
     """Associates detections frame by frame.
 
     Args:
-        match_threshold: minimum association score to join a track (0.4).
-        memory_momentum: 0 compares with the last detection (official); m > 0 keeps an embedding moving
-            average e <- m e + (1 - m) e_new.
-        max_missed: 0 keeps tracks forever (official); N > 0 ends a track after N frames without a detection.
-        min_new_score: detections below this score may join tracks but not open one (0: any can).
-        hungarian: one-to-one optimal assignment instead of the official greedy rule.
-        use_embedding: False scores by box IoU only (for comparison).
+        config: the tracker options (:class:`~crossvis.config.TrackerConfig`; default: the official rule).
+            ``match_threshold`` is the minimum association score to join a track (0.4); ``memory_momentum``
+            0 compares with the last detection (official), m > 0 keeps an embedding moving average
+            e <- m e + (1 - m) e_new; ``max_missed`` 0 keeps tracks forever (official), N > 0 ends a track
+            after N frames without a detection; ``min_new_score``: detections below it may join tracks but
+            not open one; ``hungarian``: one-to-one optimal assignment instead of the official greedy rule;
+            ``use_embedding`` False scores by box IoU only (for comparison).
+        **changes: fields of ``config`` to replace, e.g. ``OnlineTracker(max_missed=30)``.
     """
 
-    def __init__(
-        self,
-        match_threshold: float = 0.4,
-        memory_momentum: float = 0.0,
-        max_missed: int = 0,
-        min_new_score: float = 0.0,
-        hungarian: bool = False,
-        use_embedding: bool = True,
-    ) -> None:
-        self.match_threshold = match_threshold
-        self.memory_momentum = memory_momentum
-        self.max_missed = max_missed
-        self.min_new_score = min_new_score
-        self.hungarian = hungarian
-        self.use_embedding = use_embedding
+    def __init__(self, config: TrackerConfig | None = None, **changes) -> None:
+        self.config = replace(config or TrackerConfig(), **changes)
         self.tracks: list[Track] = []
 
-    def reset(self) -> None:
-        self.tracks = []
-
     def _active(self, frame: int) -> list[Track]:
-        if self.max_missed <= 0:
+        if self.config.max_missed <= 0:
             return self.tracks
-        return [t for t in self.tracks if frame - t.last_frame <= self.max_missed]
+        return [t for t in self.tracks if frame - t.last_frame <= self.config.max_missed]
 
     def association_scores(
         self, active: list[Track], boxes: torch.Tensor, classes: torch.Tensor, embeddings: torch.Tensor
@@ -77,7 +64,7 @@ class OnlineTracker:
         """(N, K) scores of N detections against K tracks: cos + IoU, -1 across classes."""
         tb = torch.stack([t.box for t in active])
         score = box_iou(boxes.float(), tb.float())
-        if self.use_embedding:
+        if self.config.use_embedding:
             te = torch.stack([t.embedding for t in active])
             score = score + F.normalize(embeddings.float(), dim=1) @ F.normalize(te.float(), dim=1).t()
         same = classes[:, None] == torch.tensor([t.category for t in active], device=classes.device)[None]
@@ -104,25 +91,25 @@ class OnlineTracker:
         assoc = [0.0] * n
         if active:
             sim = self.association_scores(active, boxes, classes, embeddings)
-            if self.hungarian:
+            if self.config.hungarian:
                 from scipy.optimize import linear_sum_assignment
 
                 cost = sim.numpy()
                 rows, cols = linear_sum_assignment(-cost)
                 for r, c in zip(rows.tolist(), cols.tolist()):
-                    if cost[r, c] >= self.match_threshold:
+                    if cost[r, c] >= self.config.match_threshold:
                         assigned[r], assoc[r] = c, float(cost[r, c])
             else:
                 best, arg = sim.max(1)  # first maximum on ties
                 for d in range(n):
-                    if float(best[d]) >= self.match_threshold:
+                    if float(best[d]) >= self.config.match_threshold:
                         assigned[d], assoc[d] = int(arg[d]), float(best[d])
         ids = [-1] * n
         granted: dict[int, tuple[float, int]] = {}  # active index -> (assoc score, detection)
         for d in range(n):
             k = assigned[d]
             if k < 0:
-                if float(scores[d]) >= self.min_new_score:
+                if float(scores[d]) >= self.config.min_new_score:
                     ids[d] = self._new_track(frame, boxes[d], scores[d], classes[d], embeddings[d])
                 continue
             prev = granted.get(k)
@@ -142,7 +129,7 @@ class OnlineTracker:
 
     def _extend(self, t: Track, frame, box, score, emb) -> None:
         t.box = box.clone()
-        m = self.memory_momentum
+        m = self.config.memory_momentum
         t.embedding = emb.clone() if m <= 0 else m * t.embedding + (1 - m) * emb
         t.last_frame = frame
         t.scores.append(float(score))

@@ -1,0 +1,55 @@
+"""Atomic file writing: every output crossvis writes appears whole or not at all.
+
+A writer gets a temporary file next to the target; on success it is fsynced and renamed over the target, on any
+exception (bad input, Ctrl-C) it is removed and an earlier file at the target is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def _default_mode() -> int:
+    """0o666 minus the process umask: what open() would give (mkstemp files are 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for writers that need a file name (video encoders,
+    safetensors, zip); it is renamed over ``path`` on success and removed on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched, so a crash or bad
+    input never leaves a half-written output behind.
+    """
+    with (
+        atomic_path(path, suffix=".tmp") as tmp,
+        open(tmp, mode, encoding=None if "b" in mode else encoding) as f,
+    ):
+        yield f
