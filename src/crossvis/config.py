@@ -114,7 +114,7 @@ class DataConfig:
     val_images: str = ""
     synth_train: SynthConfig | None = None  # generate the train split first when absent
     synth_val: SynthConfig | None = None
-    num_workers: int = 4
+    num_workers: int = -1  # DataLoader workers; -1: what the machine has (min(4, CPUs - 1))
     filter_empty_annotations: bool = True
 
 

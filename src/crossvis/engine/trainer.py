@@ -70,6 +70,15 @@ class PairStream(Sampler):
         return 2**62
 
 
+def num_workers(requested: int) -> int:
+    """DataLoader workers: ``requested``, or for -1 what the machine has (min(4, CPUs - 1): one core stays
+    with the training process; PyTorch warns when workers exceed the CPUs)."""
+    if requested >= 0:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1))
+
+
 def _synth(cfg: SynthConfig, json_path: str) -> None:
     out = Path(json_path).parent
     log.info("generating synthetic data in %s (%d videos, seed %d)", out, cfg.videos, cfg.seed)
@@ -246,13 +255,14 @@ def train(
     if len(pairs) == 0:
         raise CrossVISError(cfg.data.train_json, "no frame with a visible object to train on")
     stream = PairStream(len(pairs), cfg.seed, rank, world, start=start_iter * s.ims_per_batch)
+    workers = num_workers(cfg.data.num_workers)
     loader = DataLoader(
         pairs,
         batch_size=per_step,
         sampler=stream,
         collate_fn=collate_pairs,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     writer = _tensorboard(out) if rank == 0 else None
