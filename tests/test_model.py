@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from crossvis.data.pairs import FrameTarget, boxes_from_masks
 from crossvis.modeling.builders import crossvis_r50, crossvis_r101, crossvis_tiny
-from crossvis.modeling.crossvis import _Positives
+from crossvis.modeling.criterion import LossModules, Positives
 from crossvis.modeling.losses import dice_loss, embedding_scale, giou_loss, global_identity_loss
 from crossvis.modeling.mask_branch import DynamicMaskHead, aligned_bilinear
 from crossvis.modeling.targets import (
@@ -192,7 +192,7 @@ def _frame(masks, classes, ids, links, size=(64, 64)):
 
 def _positives(im, gt, link, n_params=169):
     n = len(im)
-    return _Positives(
+    return Positives(
         im=torch.tensor(im),
         loc=torch.tensor([[12.0, 12.0]] * n),
         level=torch.zeros(n, dtype=torch.long),
@@ -217,13 +217,14 @@ def test_crossover_pairs_filters_with_the_same_object_in_the_other_frame():
     src = _positives([0, 0], [0, 1], [1, -1])
     dst = _positives([0], [1], [0])
     dst.loc = torch.tensor([[36.0, 44.0]])
-    loss = model._crossover(src, dst, feats, gt_masks)
+    modules = LossModules(model.mask_head, 8, model.identity_classifier)
+    loss = model.criterion.crossover_loss(src, dst, feats, gt_masks, modules)
     logits = model.mask_head(feats, 8, src.params[:1], dst.loc, dst.level, dst.im)
     assert loss.item() == pytest.approx(dice_loss(logits.sigmoid(), gt_masks[1:2]).mean().item(), rel=1e-6)
     # an object with no positive location in the other frame is skipped: only dummy zero remains
     dst_none = _positives([0], [0], [0])
     src_only1 = _positives([0], [0], [1])
-    assert model._crossover(src_only1, dst_none, feats, gt_masks).item() == 0.0
+    assert model.criterion.crossover_loss(src_only1, dst_none, feats, gt_masks, modules).item() == 0.0
 
 
 def test_training_losses_both_directions_and_a_batch_without_objects():

@@ -31,11 +31,6 @@ class BackboneConfig:
 
 
 @dataclass
-class FPNConfig:
-    out_channels: int = 256
-
-
-@dataclass
 class FCOSConfig:
     num_classes: int = 40
     fpn_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
@@ -83,11 +78,10 @@ class CrossVISConfig:
 @dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    fpn: FPNConfig = field(default_factory=FPNConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     condinst: CondInstConfig = field(default_factory=CondInstConfig)
     crossvis: CrossVISConfig = field(default_factory=CrossVISConfig)
-    width: int = 256  # head/FPN width; the tiny CPU model uses less
+    width: int = 256  # FPN and head channels (MODEL.FPN.OUT_CHANNELS); the tiny CPU model uses less
     weights: str = ""  # initial weights: our .safetensors, a shipped name, or an official .pth/.pkl
 
 
@@ -115,7 +109,6 @@ class DataConfig:
     synth_train: SynthConfig | None = None  # generate the train split first when absent
     synth_val: SynthConfig | None = None
     num_workers: int = -1  # DataLoader workers; -1: what the machine has (min(4, CPUs - 1))
-    filter_empty_annotations: bool = True
 
 
 @dataclass
@@ -170,7 +163,6 @@ class TrackerConfig:
 @dataclass
 class TestConfig:
     eval_period: int = 0
-    detections_per_image: int = 100
     mask_threshold: float = 0.5
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
@@ -189,6 +181,25 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+#: Keys that crossvis 0.1 accepted but never read, and what to use instead. Config files naming them are
+#: refused with that hint; configs stored in weights files written by 0.1 have them dropped on load.
+REMOVED_KEYS: dict[str, str] = {
+    "model.fpn": "model.width (FPN and head channels)",
+    "test.detections_per_image": "model.fcos.post_nms_topk_test",
+    "data.filter_empty_annotations": "nothing (frames without a visible object are never sampled)",
+}
+
+
+def drop_removed_keys(data: dict) -> dict:
+    """A copy of a config mapping without :data:`REMOVED_KEYS` (for configs stored by older versions)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key in REMOVED_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -266,6 +277,10 @@ def _build(cls: type, data: dict, where: str, prefix: str) -> Any:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
+            if full in REMOVED_KEYS:
+                raise CrossVISError(
+                    where, f"config key '{full}' was removed (never read): use {REMOVED_KEYS[full]}"
+                )
             raise CrossVISError(where, f"unknown config key '{full}'")
         tp = hints[key]
         sub = _dataclass_of(tp)
@@ -296,22 +311,29 @@ def _type_name(tp: Any) -> str:
 
 def parse_overrides(overrides: list[str]) -> dict:
     """``["solver.max_iter=20", "model.fcos.nms_th=0.5"]`` -> nested dict (values parsed as YAML)."""
-    out: dict = {}
+    items: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise CrossVISError(item, "an override must look like key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            items[key] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            value = raw
+            items[key] = raw
+    return nest_overrides(items)
+
+
+def nest_overrides(items: dict[str, Any]) -> dict:
+    """``{"solver.max_iter": 20}`` -> ``{"solver": {"max_iter": 20}}``."""
+    out: dict = {}
+    for key, value in items.items():
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise CrossVISError(item, f"'{part}' is set both as a value and as a group")
+                raise CrossVISError(key, f"'{part}' is set both as a value and as a group")
         node[parts[-1]] = value
     return out
 
@@ -335,12 +357,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return apply_overrides(_build(Config, data, where, ""), overrides)
 
 
-def apply_overrides(cfg: Config, overrides: list[str] | None, where: str = "command line") -> Config:
-    """A new config: ``cfg`` with ``key.sub=value`` overrides, validated as a YAML file is (``cfg`` itself is
-    left unchanged)."""
-    if not overrides:
-        return config_from_dict(config_to_dict(cfg), where)
-    return _build(Config, _merge(config_to_dict(cfg), parse_overrides(overrides)), where, "")
+def apply_overrides(
+    cfg: Config, overrides: list[str] | dict[str, Any] | None, where: str = "command line"
+) -> Config:
+    """A new config: ``cfg`` with overrides, validated as a YAML file is (``cfg`` itself is left unchanged).
+
+    ``overrides``: ``["key.sub=value", ...]`` (values parsed as YAML) or ``{"key.sub": value}``.
+    """
+    if isinstance(overrides, dict):
+        over = nest_overrides(overrides)
+    else:
+        over = parse_overrides(overrides or [])
+    return _build(Config, _merge(config_to_dict(cfg), over), where, "")
 
 
 def dump_config(cfg: Config) -> str:

@@ -1,11 +1,17 @@
 """Model builders: ``crossvis_r50``, ``crossvis_r101``, ``crossvis_lite_dla34``, ``crossvis_tiny``, and
-``build_model`` from a :class:`~crossvis.config.Config`."""
+``build_model`` from a :class:`~crossvis.config.Config`.
+
+Each builder is its packaged YAML config (``configs/*.yaml``) and nothing else: ``crossvis_r50()`` equals
+``build_model(load_config("configs/crossvis_R50_1x.yaml"))``. Keyword overrides name config fields under
+``model`` as ``section__field=value`` (``crossvis__crossover=False``) and are validated like ``key=value``
+overrides on the command line: an unknown field or a wrong type is a :class:`~crossvis.errors.CrossVISError`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 
-from crossvis.config import Config, ModelConfig
+from crossvis.config import Config, apply_overrides, load_config, packaged_config
 from crossvis.modeling.backbone import Backbone
 from crossvis.modeling.crossvis import CrossVIS
 
@@ -13,7 +19,7 @@ from crossvis.modeling.crossvis import CrossVIS
 def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
     """The model a config describes. ``num_identities`` (from the training set) sizes the identity
     classifier; ``cfg.model.crossvis.num_identities`` overrides it when non-zero."""
-    m: ModelConfig = cfg.model
+    m = cfg.model
     b = m.backbone
     backbone = Backbone(
         b.name,
@@ -23,11 +29,9 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
         pretrained=b.pretrained,
         weights_file=b.weights_file,
     )
-    n_id = m.crossvis.num_identities or num_identities
     return CrossVIS(
         backbone,
-        num_classes=m.fcos.num_classes,
-        num_identities=n_id,
+        num_identities=m.crossvis.num_identities or num_identities,
         width=m.width,
         fcos=m.fcos,
         condinst=m.condinst,
@@ -39,57 +43,56 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
     )
 
 
-def _with_overrides(cfg: Config, overrides: dict) -> Config:
-    for key, value in overrides.items():
-        section, _, name = key.partition("__")
-        setattr(getattr(cfg.model, section) if name else cfg.model, name or section, value)
-    return cfg
-
-
-def _build(
-    backbone: str, num_classes: int, num_identities: int, pretrained_backbone: bool, **overrides
-) -> CrossVIS:
-    cfg = Config()
-    cfg.model.backbone = replace(cfg.model.backbone, name=backbone, pretrained=pretrained_backbone)
-    if backbone == "dla34":  # DLA has no MSRA stride form and no frozen stem convention
-        cfg.model.backbone = replace(cfg.model.backbone, stride_in_1x1=False, freeze_at=0)
-    cfg.model.fcos = replace(cfg.model.fcos, num_classes=num_classes)
-    return build_model(_with_overrides(cfg, overrides), num_identities)
+def builder_config(name: str, num_classes: int, **overrides: Any) -> Config:
+    """The packaged config ``name`` with ``model.fcos.num_classes`` and ``section__field`` overrides of
+    ``model`` applied (validated; the caller's values are not modified)."""
+    items = {"model.fcos.num_classes": num_classes}
+    items |= {"model." + k.replace("__", "."): v for k, v in overrides.items()}
+    return apply_overrides(load_config(packaged_config(name)), items, where=f"builder of {name}.yaml")
 
 
 def crossvis_r50(
-    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides
+    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides: Any
 ) -> CrossVIS:
-    """CrossVIS R-50 (official architecture: 37,417,569 parameters with 40 classes and 3,774 identities).
+    """CrossVIS R-50 (``configs/crossvis_R50_1x.yaml``; the official architecture: 37,417,569 parameters
+    with 40 classes and 3,774 identities).
 
     ``overrides`` set model config fields, ``section__field=value`` (e.g. ``crossvis__crossover=False``).
     """
-    return _build("resnet50", num_classes, num_identities, pretrained_backbone, **overrides)
+    cfg = builder_config(
+        "crossvis_R50_1x", num_classes, backbone__pretrained=pretrained_backbone, **overrides
+    )
+    return build_model(cfg, num_identities)
 
 
 def crossvis_r101(
-    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides
+    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides: Any
 ) -> CrossVIS:
-    """CrossVIS R-101 (56,357,473 parameters with 40 classes and 3,774 identities)."""
-    return _build("resnet101", num_classes, num_identities, pretrained_backbone, **overrides)
+    """CrossVIS R-101 (``configs/crossvis_R101_1x.yaml``; 56,357,473 parameters with 40 classes and 3,774
+    identities)."""
+    cfg = builder_config(
+        "crossvis_R101_1x", num_classes, backbone__pretrained=pretrained_backbone, **overrides
+    )
+    return build_model(cfg, num_identities)
 
 
 def crossvis_lite_dla34(
-    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides
+    num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides: Any
 ) -> CrossVIS:
-    """CrossVIS-Lite: a DLA-34 backbone (timm) with the same head."""
-    return _build("dla34", num_classes, num_identities, pretrained_backbone, **overrides)
+    """CrossVIS-Lite (``configs/crossvis_lite_DLA34.yaml``): a DLA-34 backbone (timm, RGB input with the
+    ImageNet mean and std) with the same head."""
+    cfg = builder_config(
+        "crossvis_lite_DLA34", num_classes, backbone__pretrained=pretrained_backbone, **overrides
+    )
+    return build_model(cfg, num_identities)
 
 
 def tiny_config(num_classes: int = 5) -> Config:
     """The small CPU model of ``configs/synthetic_tiny.yaml`` (RegNetX-200MF, 64 channels, 2-conv towers)."""
-    from crossvis.config import load_config, packaged_config
-
-    cfg = load_config(packaged_config("synthetic_tiny"))
-    cfg.model.fcos = replace(cfg.model.fcos, num_classes=num_classes)
-    return cfg
+    return builder_config("synthetic_tiny", num_classes)
 
 
-def crossvis_tiny(num_classes: int = 5, num_identities: int = 0, **overrides) -> CrossVIS:
-    """A tiny CrossVIS for CPU tests and the demo (RegNetX-200MF, 64 channels)."""
-    return build_model(_with_overrides(tiny_config(num_classes), overrides), num_identities)
+def crossvis_tiny(num_classes: int = 5, num_identities: int = 0, **overrides: Any) -> CrossVIS:
+    """A tiny CrossVIS for CPU tests and the demo (``configs/synthetic_tiny.yaml``: RegNetX-200MF, 64
+    channels)."""
+    return build_model(builder_config("synthetic_tiny", num_classes, **overrides), num_identities)

@@ -19,7 +19,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from crossvis.config import Config, apply_overrides, config_from_dict, dump_config
+from crossvis.config import Config, apply_overrides, config_from_dict, drop_removed_keys, dump_config
 from crossvis.errors import CrossVISError
 from crossvis.io import atomic_path
 
@@ -90,7 +90,8 @@ def read_weights(name_or_path: str | os.PathLike) -> LoadedWeights:
         raise CrossVISError(path, f"not a readable safetensors file ({type(e).__name__}: {e})") from None
     if "crossvis_config" not in meta:
         raise CrossVISError(path, "no crossvis config in the file's metadata (not written by crossvis?)")
-    cfg = config_from_dict(yaml.safe_load(meta["crossvis_config"]) or {}, f"{path} (metadata)")
+    stored = drop_removed_keys(yaml.safe_load(meta["crossvis_config"]) or {})
+    cfg = config_from_dict(stored, f"{path} (metadata)")
     names = json.loads(meta.get("class_names", "[]"))
     cats = json.loads(meta.get("category_ids", "[]")) or list(range(1, len(names) + 1))
     return LoadedWeights(state, cfg, names, cats, json.loads(meta.get("record", "{}")))
