@@ -9,13 +9,12 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_cli
 from crossvis.config import REMOVED_KEYS, Config, config_to_dict, load_config, packaged_config
 from crossvis.errors import CrossVISError
 from crossvis.modeling import builders
 from crossvis.modeling.builders import build_model
 from crossvis.modeling.weights import load_model, read_weights, save_weights
-
-from conftest import run_cli
 
 BUILDERS = [
     (builders.crossvis_r50, "crossvis_R50_1x", 40),

@@ -237,13 +237,13 @@ def test_overlay_colours_by_id_and_skips_low_scores():
     masks[0, 25:35, 25:35] = True
     masks[1, 25:35, 2:12] = True
     res = FrameResult(
-        0,
-        np.array([7, 3]),
-        np.array([0, 1]),
-        ["a", "b"],
-        np.array([0.2, 0.9]),
-        np.array([[25, 25, 35, 35], [2, 25, 12, 35]], float),
-        masks,
+        index=0,
+        track_ids=np.array([7, 3]),
+        classes=np.array([0, 1]),
+        class_names=["a", "b"],
+        scores=np.array([0.2, 0.9]),
+        boxes=np.array([[25, 25, 35, 35], [2, 25, 12, 35]], float),
+        masks=masks,
     )
     out = draw_result(frame, res, min_score=0.3)
     assert out[30, 30].tolist() == [0, 0, 0]  # score 0.2: not drawn

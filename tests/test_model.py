@@ -64,7 +64,7 @@ def test_target_assignment_centre_sampling_on_the_mask_centroid():
     assert boxes.tolist() == [[8, 8, 40, 40]]
     c = mask_centroids(masks, boxes)
     assert c.tolist() == [[23.5, 23.5]]
-    gt, reg = assign_targets(locs, levels, STRIDES, RANGES, boxes, c)
+    gt, reg = assign_targets(locs, levels, strides=STRIDES, ranges=RANGES, boxes=boxes, centroids=c)
     pos = (gt >= 0).nonzero()[:, 0]
     # P3 cells strictly inside [23.5 - 12, 23.5 + 12]: x, y in {12, 20, 28}; none on P4 (max distance 16 < 64)
     assert sorted(map(tuple, locs[pos].tolist())) == [
@@ -80,7 +80,9 @@ def test_centre_region_follows_the_mask_not_the_box():
     masks = torch.zeros(1, 64, 64, dtype=torch.bool)
     masks[0, 0:32, 0:16] = True
     boxes = torch.tensor([[0.0, 0.0, 64.0, 32.0]])  # a box larger than the mask: centroid (7.5, 15.5)
-    gt, _ = assign_targets(locs, levels, STRIDES, RANGES, boxes, mask_centroids(masks, boxes))
+    gt, _ = assign_targets(
+        locs, levels, strides=STRIDES, ranges=RANGES, boxes=boxes, centroids=mask_centroids(masks, boxes)
+    )
     pos = (gt >= 0).nonzero()[:, 0]
     assert sorted(map(tuple, locs[pos].tolist())) == [(x, y) for x in (4.0, 12.0) for y in (4.0, 12.0, 20.0)]
 
@@ -89,7 +91,7 @@ def test_ambiguous_locations_go_to_the_smallest_box_and_ranges_pick_the_level():
     locs, levels = _locations(128, 128)
     boxes = torch.tensor([[0.0, 0.0, 48.0, 48.0], [8.0, 8.0, 40.0, 40.0], [0.0, 0.0, 128.0, 128.0]])
     cents = torch.tensor([[23.5, 23.5], [23.5, 23.5], [63.5, 63.5]])
-    gt, _ = assign_targets(locs, levels, STRIDES, RANGES, boxes, cents)
+    gt, _ = assign_targets(locs, levels, strides=STRIDES, ranges=RANGES, boxes=boxes, centroids=cents)
     assert (gt == 0).sum() == 0  # all of box 0's candidates are also box 1's, which is smaller
     assert (gt == 1).sum() == 9 and (levels[gt == 1] == 0).all()
     # the 128 x 128 box: max distance in [64, 128] -> P4 (s = 16), centre region 63.5 +- 24
@@ -98,7 +100,9 @@ def test_ambiguous_locations_go_to_the_smallest_box_and_ranges_pick_the_level():
 
 def test_no_gt_means_all_background():
     locs, levels = _locations(64, 64)
-    gt, reg = assign_targets(locs, levels, STRIDES, RANGES, torch.zeros(0, 4), torch.zeros(0, 2))
+    gt, reg = assign_targets(
+        locs, levels, strides=STRIDES, ranges=RANGES, boxes=torch.zeros(0, 4), centroids=torch.zeros(0, 2)
+    )
     assert (gt == -1).all() and reg.shape == (len(locs), 4)
 
 
@@ -142,7 +146,7 @@ def test_identity_loss_hand_value_and_no_positive_case():
 
 
 def test_dynamic_head_parameter_split():
-    head = DynamicMaskHead(8, 8, 3)
+    head = DynamicMaskHead(8, channels=8, num_layers=3)
     assert head.num_params == 169
     params = torch.arange(2 * 169, dtype=torch.float32).reshape(2, 169)
     w, b = head.split_params(params)
@@ -154,7 +158,7 @@ def test_dynamic_head_parameter_split():
 
 
 def test_dynamic_head_relative_coordinates_and_upsampling():
-    head = DynamicMaskHead(8, 8, 3, (64, 128, 256, 512, 1024))
+    head = DynamicMaskHead(8, channels=8, num_layers=3, sizes_of_interest=(64, 128, 256, 512, 1024))
     # params that output just the x relative coordinate: layer0 ch0 = dx, ReLU kills negatives, so use dx+10
     params = torch.zeros(1, 169)
     params[0, 0] = 1.0  # w0[0, 0] (dx)
@@ -162,7 +166,14 @@ def test_dynamic_head_relative_coordinates_and_upsampling():
     params[0, 80] = 1.0  # w1[0, 0]
     params[0, 144] = 1.0  # w2[0, 0]
     feats = torch.zeros(1, 8, 4, 4)
-    out = head(feats, 8, params, torch.tensor([[4.0, 4.0]]), torch.tensor([0]), torch.tensor([0]))
+    out = head(
+        feats,
+        8,
+        params=params,
+        locations=torch.tensor([[4.0, 4.0]]),
+        levels=torch.tensor([0]),
+        im_inds=torch.tensor([0]),
+    )
     assert out.shape == (1, 8, 8)
     # at stride-8 cell (0, j): dx = (4 - (8 j + 4)) / 64 -> logit 10 - j/8
     lowres = out[0, 1::2, 1::2]  # aligned: input cell j lands on output 2j + 1
@@ -218,13 +229,15 @@ def test_crossover_pairs_filters_with_the_same_object_in_the_other_frame():
     dst = _positives([0], [1], [0])
     dst.loc = torch.tensor([[36.0, 44.0]])
     modules = LossModules(model.mask_head, 8, model.identity_classifier)
-    loss = model.criterion.crossover_loss(src, dst, feats, gt_masks, modules)
-    logits = model.mask_head(feats, 8, src.params[:1], dst.loc, dst.level, dst.im)
+    loss = model.criterion.crossover_loss(src, dst, feats, gt_masks, modules=modules)
+    logits = model.mask_head(
+        feats, 8, params=src.params[:1], locations=dst.loc, levels=dst.level, im_inds=dst.im
+    )
     assert loss.item() == pytest.approx(dice_loss(logits.sigmoid(), gt_masks[1:2]).mean().item(), rel=1e-6)
     # an object with no positive location in the other frame is skipped: only dummy zero remains
     dst_none = _positives([0], [0], [0])
     src_only1 = _positives([0], [0], [1])
-    assert model.criterion.crossover_loss(src_only1, dst_none, feats, gt_masks, modules).item() == 0.0
+    assert model.criterion.crossover_loss(src_only1, dst_none, feats, gt_masks, modules=modules).item() == 0.0
 
 
 def test_training_losses_both_directions_and_a_batch_without_objects():

@@ -11,9 +11,14 @@ from pycocotools import mask as mask_utils
 from crossvis.errors import CrossVISError
 
 
+def is_absent(seg) -> bool:
+    """Whether a per-frame segmentation says "not in this frame": null, or an empty list or mapping."""
+    return seg is None or (isinstance(seg, list | dict) and len(seg) == 0)
+
+
 def check_segmentation(seg, height: int, width: int, where: str, full: bool = False) -> None:
     """Structural check of one per-frame segmentation (cheap). ``full`` also checks RLE counts."""
-    if seg is None or seg == [] or seg == {}:
+    if is_absent(seg):
         return
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -48,7 +53,7 @@ def check_segmentation(seg, height: int, width: int, where: str, full: bool = Fa
 
 def to_rle(seg, height: int, width: int, where: str = "segmentation") -> dict | None:
     """Any supported segmentation -> compressed RLE dict (bytes counts), or None when absent."""
-    if seg is None or seg == [] or seg == {}:
+    if is_absent(seg):
         return None
     try:
         if isinstance(seg, list):

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from crossvis.data.masks import is_absent
 from crossvis.data.ytvis import Video, YTVISDataset
 
 
@@ -86,8 +87,7 @@ class FramePairDataset(Dataset):
                 f
                 for f in range(v.length)
                 if any(
-                    not a.get("iscrowd", 0) and a["segmentations"][f] not in (None, [], {})
-                    for a in v.annotations
+                    not a.get("iscrowd", 0) and not is_absent(a["segmentations"][f]) for a in v.annotations
                 )
             ]
             self.kept_by_video[v.id] = kept
@@ -111,12 +111,14 @@ class FramePairDataset(Dataset):
         short = rng.choice(self.min_sizes)
         flip = self.hflip and rng.random() < 0.5
         h, w = resize_shape(video.height, video.width, short, self.max_size)
-        t0 = self._frame(video, f0, h, w, flip)
-        t1 = self._frame(video, f1, h, w, flip)
+        t0 = self._frame(video, f0, size=(h, w), flip=flip)
+        t1 = self._frame(video, f1, size=(h, w), flip=flip)
         self._link(t0, t1)
         return t0, t1
 
-    def _frame(self, video: Video, f: int, h: int, w: int, flip: bool) -> FrameTarget:
+    def _frame(self, video: Video, f: int, *, size: tuple[int, int], flip: bool) -> FrameTarget:
+        """Frame ``f`` of ``video`` resized to ``size`` (H, W) and flipped, with its visible objects."""
+        h, w = size
         img = Image.fromarray(self.ds.load_image(video, f))
         if img.size != (video.width, video.height):
             img = img.resize((video.width, video.height), Image.BILINEAR)

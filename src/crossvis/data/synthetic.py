@@ -32,7 +32,7 @@ SynthParams = SynthConfig  # the generator's settings are the config dataclass
 
 
 def _shape_mask(
-    shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float, angle: float
+    shape: str, xx: np.ndarray, yy: np.ndarray, *, cx: float, cy: float, r: float, angle: float
 ) -> np.ndarray:
     """Binary mask of a shape of radius ``r`` centred at (cx, cy), rotated by ``angle``."""
     dx, dy = xx - cx, yy - cy
@@ -90,7 +90,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(base + noise + lines[..., None], 0, 255)
 
 
-def _make_objects(rng: np.random.Generator, p: SynthParams, length: int, h: int, w: int) -> list[dict]:
+def _make_objects(rng: np.random.Generator, p: SynthParams, *, length: int, h: int, w: int) -> list[dict]:
     d = p.difficulty
     n = int(rng.integers(2, 4 + round(1.5 * d)))  # 2..(4+) objects
     objs = []
@@ -146,7 +146,7 @@ def render_video(p: SynthParams, index: int) -> tuple[list[np.ndarray], list[dic
     h, w = int(p.height * scale) // 2 * 2, int(p.width * scale) // 2 * 2
     bg = _background(rng, h, w)
     pan = rng.uniform(-1, 1, 2) * (0.5 + p.difficulty) * 2
-    objs = _make_objects(rng, p, length, h, w)
+    objs = _make_objects(rng, p, length=length, h=h, w=w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     frames, masks = [], [[None] * length for _ in objs]
     order = np.argsort([o["z"] for o in objs])  # painted back to front
@@ -164,7 +164,8 @@ def render_video(p: SynthParams, index: int) -> tuple[list[np.ndarray], list[dic
             x = _bounce(x, -0.1 * w, 1.1 * w)
             y = _bounce(y, -0.1 * h, 1.1 * h)
             r = o["r0"] * (1 + o["growth"] * t / max(1, length - 1))
-            m = _shape_mask(SHAPES[o["cls"]], xx, yy, x, y, max(r, 3.0), o["angle"] + o["spin"] * t)
+            angle = o["angle"] + o["spin"] * t
+            m = _shape_mask(SHAPES[o["cls"]], xx, yy, cx=x, cy=y, r=max(r, 3.0), angle=angle)
             img[m] = o["tex"][m]
             visible[m] = k
         for k in range(len(objs)):
@@ -182,6 +183,52 @@ def _bounce(v: float, lo: float, hi: float) -> float:
     return lo + (v if v <= span else 2 * span - v)
 
 
+def _write_video(
+    img_root: Path, vi: int, frames: list[np.ndarray], objects: list[dict], *, first_ann_id: int, enc
+) -> tuple[dict, list[dict], dict]:
+    """Save one rendered video's frames as JPEGs -> (video record, annotation records, statistics)."""
+    h, w = frames[0].shape[:2]
+    name = f"video_{vi + 1:04d}"
+    (img_root / name).mkdir(parents=True, exist_ok=True)
+    file_names = []
+    for t, fr in enumerate(frames):
+        rel = f"{name}/{t:05d}.jpg"
+        Image.fromarray(fr).save(img_root / rel, quality=92)
+        file_names.append(rel)
+    video = {"id": vi + 1, "file_names": file_names, "height": h, "width": w, "length": len(frames)}
+    annotations, late_or_back = [], 0
+    for o in objects:
+        present = [m is not None for m in o["masks"]]
+        if not any(present):
+            continue
+        first = present.index(True)
+        last = len(present) - 1 - present[::-1].index(True)
+        if first > 0 or not all(present[first : last + 1]):
+            late_or_back += 1
+        annotations.append(
+            {
+                "id": first_ann_id + len(annotations),
+                "video_id": vi + 1,
+                "category_id": o["cls"] + 1,
+                "iscrowd": 0,
+                "height": h,
+                "width": w,
+                "length": len(frames),
+                "segmentations": [enc(m) if m is not None else None for m in o["masks"]],
+                "bboxes": [mask_to_box(m) if m is not None else None for m in o["masks"]],
+                "areas": [int(m.sum()) if m is not None else None for m in o["masks"]],
+            }
+        )
+    stats = {
+        "video": vi + 1,
+        "frames": len(frames),
+        "size": [h, w],
+        "instances": len(annotations),
+        "late_or_returning": late_or_back,
+    }
+    return video, annotations, stats
+
+
 def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
     """Write ``out_dir/JPEGImages/<video>/<frame>.jpg`` and ``out_dir/annotations.json``.
 
@@ -193,57 +240,16 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
     if p.videos < 1 or p.frames < 2 or p.height < 32 or p.width < 32:
         raise CrossVISError("synth", "need videos >= 1, frames >= 2 and a size of at least 32x32")
     out = Path(out_dir)
-    img_root = out / "JPEGImages"
+    enc = encode_mask if p.compressed_rle else encode_uncompressed
     videos, annotations, stats = [], [], []
-    ann_id = 1
     for vi in range(p.videos):
-        frames, objects, (h, w) = render_video(p, vi)
-        name = f"video_{vi + 1:04d}"
-        (img_root / name).mkdir(parents=True, exist_ok=True)
-        file_names = []
-        for t, fr in enumerate(frames):
-            rel = f"{name}/{t:05d}.jpg"
-            Image.fromarray(fr).save(img_root / rel, quality=92)
-            file_names.append(rel)
-        videos.append(
-            {"id": vi + 1, "file_names": file_names, "height": int(h), "width": int(w), "length": len(frames)}
+        frames, objects, _ = render_video(p, vi)
+        video, anns, st = _write_video(
+            out / "JPEGImages", vi, frames, objects, first_ann_id=len(annotations) + 1, enc=enc
         )
-        late_or_back = 0
-        kept = 0
-        for o in objects:
-            present = [m is not None for m in o["masks"]]
-            if not any(present):
-                continue
-            first = present.index(True)
-            last = len(present) - 1 - present[::-1].index(True)
-            if first > 0 or not all(present[first : last + 1]):
-                late_or_back += 1
-            enc = encode_mask if p.compressed_rle else encode_uncompressed
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "video_id": vi + 1,
-                    "category_id": o["cls"] + 1,
-                    "iscrowd": 0,
-                    "height": int(h),
-                    "width": int(w),
-                    "length": len(frames),
-                    "segmentations": [enc(m) if m is not None else None for m in o["masks"]],
-                    "bboxes": [mask_to_box(m) if m is not None else None for m in o["masks"]],
-                    "areas": [int(m.sum()) if m is not None else None for m in o["masks"]],
-                }
-            )
-            ann_id += 1
-            kept += 1
-        stats.append(
-            {
-                "video": vi + 1,
-                "frames": len(frames),
-                "size": [int(h), int(w)],
-                "instances": kept,
-                "late_or_returning": late_or_back,
-            }
-        )
+        videos.append(video)
+        annotations.extend(anns)
+        stats.append(st)
     categories = [{"id": c + 1, "name": SHAPES[c], "supercategory": "shape"} for c in range(p.num_classes)]
     data = {
         "info": {"description": "crossvis synthetic YouTube-VIS", "seed": p.seed, "params": vars(p)},
@@ -254,8 +260,8 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
     }
     with atomic_write(out / "annotations.json") as f:
         json.dump(data, f)
-    n_inst = sum(s["instances"] for s in stats)
-    summary = {
+    n_inst = len(annotations)
+    return {
         "categories": [c["name"] for c in categories],
         "identities": n_inst,
         "videos": p.videos,
@@ -264,4 +270,3 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
         "late_or_returning_fraction": sum(s["late_or_returning"] for s in stats) / max(1, n_inst),
         "per_video": stats,
     }
-    return summary

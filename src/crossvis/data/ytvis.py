@@ -84,7 +84,6 @@ class YTVISDataset:
         if isinstance(data, dict) and "videos" not in data and isinstance(data.get("images"), list):
             data = coco_as_videos(data)  # a COCO still-image dataset: one-frame videos
         self.image_root = Path(image_root) if image_root is not None else None
-        self.raw = data
         self._parse(data, check)
         if check and self.image_root is not None:
             self.check_images()

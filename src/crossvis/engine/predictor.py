@@ -156,13 +156,13 @@ class VideoPredictor:
         keep = ids >= 0
         cls = det.classes.numpy()[keep]
         return FrameResult(
-            index,
-            ids[keep],
-            cls,
-            [self.class_names[c] for c in cls],
-            det.scores.numpy()[keep],
-            det.boxes.numpy()[keep],
-            det.masks.numpy()[keep],
+            index=index,
+            track_ids=ids[keep],
+            classes=cls,
+            class_names=[self.class_names[c] for c in cls],
+            scores=det.scores.numpy()[keep],
+            boxes=det.boxes.numpy()[keep],
+            masks=det.masks.numpy()[keep],
         )
 
     def track(

@@ -17,6 +17,7 @@ def track_color(track_id: int) -> tuple[int, int, int]:
 
 def draw_overlay(
     frame: np.ndarray,
+    *,
     track_ids: list[int],
     masks: np.ndarray,
     boxes: np.ndarray,
@@ -61,9 +62,9 @@ def draw_result(frame: np.ndarray, result, min_score: float = 0.5) -> np.ndarray
     keep = np.flatnonzero(result.scores >= min_score)
     return draw_overlay(
         frame,
-        result.track_ids[keep].tolist(),
-        result.masks[keep],
-        result.boxes[keep],
-        [result.class_names[i] for i in keep],
-        result.scores[keep].tolist(),
+        track_ids=result.track_ids[keep].tolist(),
+        masks=result.masks[keep],
+        boxes=result.boxes[keep],
+        labels=[result.class_names[i] for i in keep],
+        scores=result.scores[keep].tolist(),
     )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from crossvis.data.masks import to_rle
+from crossvis.data.masks import is_absent, to_rle
 from crossvis.data.ytvis import YTVISDataset, read_json
 from crossvis.errors import CrossVISError
 
@@ -84,7 +84,7 @@ def _rles_of(segs: list, h: int, w: int, where: str) -> list:
     rles: list = [None] * len(segs)
     batch = []
     for f, s in enumerate(segs):
-        if s is None or s == [] or s == {}:
+        if is_absent(s):
             continue
         counts = s.get("counts") if isinstance(s, dict) else None
         if isinstance(counts, str):
@@ -188,7 +188,7 @@ def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[in
             raise CrossVISError(w, f"{len(segs)} segmentations for video {vid} of {video.length} frames")
         size = [video.height, video.width]
         for f, s in enumerate(segs):
-            if s is None or s == [] or s == {}:
+            if is_absent(s):
                 continue
             if not isinstance(s, dict) or "counts" not in s:
                 raise CrossVISError(f"{w}: frame {f}", "segmentation must be an RLE {size, counts} or null")

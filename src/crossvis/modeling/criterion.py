@@ -163,8 +163,9 @@ class CrossVISCriterion:
         raw = {k: (per_frame[0][k] + v) / 2 for k, v in per_frame[1].items()}
         if self.crossvis.crossover:
             p0, p1 = matches[0].positives, matches[1].positives
-            a = self.crossover_loss(p1, p0, outputs[0].mask_feats, matches[0].gt_masks, modules)  # 1 on 0
-            b = self.crossover_loss(p0, p1, outputs[1].mask_feats, matches[1].gt_masks, modules)  # 0 on 1
+            # frame-1 filters segment frame 0, and frame-0 filters segment frame 1
+            a = self.crossover_loss(p1, p0, outputs[0].mask_feats, matches[0].gt_masks, modules=modules)
+            b = self.crossover_loss(p0, p1, outputs[1].mask_feats, matches[1].gt_masks, modules=modules)
             raw["loss_crossover"] = 0.5 * (a + b)
         raw["loss_identity"] = self.identity_loss(self, matches[0].positives, matches[1].positives, modules)
         return {k: self.weights[k] * v for k, v in raw.items()}
@@ -187,12 +188,12 @@ class CrossVISCriterion:
             gt_ind, reg = assign_targets(
                 out.locations,
                 out.levels,
-                self.strides,
-                self.ranges,
-                boxes,
-                mask_centroids(masks, boxes),
-                self.fcos.center_sample,
-                self.fcos.pos_radius,
+                strides=self.strides,
+                ranges=self.ranges,
+                boxes=boxes,
+                centroids=mask_centroids(masks, boxes),
+                center_sample=self.fcos.center_sample,
+                radius=self.fcos.pos_radius,
             )
             gt_ind_all.append(torch.where(gt_ind >= 0, gt_ind + offset, gt_ind))
             reg_all.append(reg)
@@ -285,7 +286,12 @@ class CrossVISCriterion:
         if not keep.numel():
             return _zero(out.mask_feats, out.flat["params"])
         logits = modules.mask_head(
-            out.mask_feats, modules.mask_stride, p.params[keep], p.loc[keep], p.level[keep], p.im[keep]
+            out.mask_feats,
+            modules.mask_stride,
+            params=p.params[keep],
+            locations=p.loc[keep],
+            levels=p.level[keep],
+            im_inds=p.im[keep],
         )
         return dice_loss(logits.sigmoid(), match.gt_masks[p.gt[keep]]).mean()
 
@@ -296,6 +302,7 @@ class CrossVISCriterion:
         dst: Positives,
         dst_mask_feats: torch.Tensor,
         dst_gt_masks: torch.Tensor,
+        *,
         modules: LossModules,
     ) -> torch.Tensor:
         """Filters of ``src`` positives segment the same object in the other frame (``dst``), with relative
@@ -322,7 +329,12 @@ class CrossVISCriterion:
         offset = (torch.rand(tgt.numel(), device=dev) * counts[tgt]).long().clamp(max=counts[tgt] - 1)
         sel = d_keep[order[starts[tgt] + offset]]
         logits = modules.mask_head(
-            dst_mask_feats, modules.mask_stride, s_params[valid], dst.loc[sel], dst.level[sel], dst.im[sel]
+            dst_mask_feats,
+            modules.mask_stride,
+            params=s_params[valid],
+            locations=dst.loc[sel],
+            levels=dst.level[sel],
+            im_inds=dst.im[sel],
         )
         return dice_loss(logits.sigmoid(), dst_gt_masks[tgt]).mean()
 
@@ -349,12 +361,12 @@ class CrossVISCriterion:
         k, r = ~p0.still, ~p1.still
         ref_local = local_links(p0, p1)
         return pairwise_identity_loss(
-            p0.emb[k],
-            p0.im[k],
-            ref_local[k],
-            p1.emb[r],
-            p1.im[r],
-            p1.local_gt[r],
+            key_emb=p0.emb[k],
+            key_img=p0.im[k],
+            key_link=ref_local[k],
+            ref_emb=p1.emb[r],
+            ref_img=p1.im[r],
+            ref_obj=p1.local_gt[r],
             focal=focal,
             alpha=self.fcos.loss_alpha,
             gamma=self.fcos.loss_gamma,

@@ -71,31 +71,31 @@ class CrossVIS(nn.Module):
         self.fpn = FPN(backbone.out_channels, width)
         self.head = FCOSHead(
             width,
-            fcos.num_classes,
-            fcos.num_convs,
-            fcos.norm,
-            fcos.prior_prob,
-            cv.embedding_dim,
-            len(self.strides),
+            num_classes=fcos.num_classes,
+            num_convs=fcos.num_convs,
+            norm=fcos.norm,
+            prior_prob=fcos.prior_prob,
+            embedding_dim=cv.embedding_dim,
+            num_levels=len(self.strides),
         )
         soi = [*fcos.sizes_of_interest, fcos.sizes_of_interest[-1] * 2]
         self.mask_head = DynamicMaskHead(
             ci.mask_branch_out_channels,
-            ci.mask_head_channels,
-            ci.mask_head_num_layers,
-            tuple(soi),
-            ci.mask_out_stride,
-            ci.disable_rel_coords,
+            channels=ci.mask_head_channels,
+            num_layers=ci.mask_head_num_layers,
+            sizes_of_interest=tuple(soi),
+            mask_out_stride=ci.mask_out_stride,
+            disable_rel_coords=ci.disable_rel_coords,
         )
         self.controller = nn.Conv2d(width, self.mask_head.num_params, 3, padding=1)
         nn.init.normal_(self.controller.weight, std=0.01)
         nn.init.zeros_(self.controller.bias)
         self.mask_branch = MaskBranch(
             width,
-            ci.mask_branch_channels,
-            ci.mask_branch_num_convs,
-            ci.mask_branch_out_channels,
-            ci.mask_branch_norm,
+            channels=ci.mask_branch_channels,
+            num_convs=ci.mask_branch_num_convs,
+            out_channels=ci.mask_branch_out_channels,
+            norm=ci.mask_branch_norm,
         )
         self.identity_classifier: nn.Linear | None = None
         if cv.identity_loss.startswith("global") and num_identities > 0:
@@ -150,7 +150,13 @@ class CrossVIS(nn.Module):
             loc = compute_locations(f.shape[-2], f.shape[-1], s, f.device)
             locs.append(loc)
             levels.append(torch.full((loc.shape[0],), lvl, dtype=torch.long, device=f.device))
-        return FrameOutputs(flat, mask_feats, torch.cat(locs), torch.cat(levels), tuple(x.shape[-2:]))
+        return FrameOutputs(
+            flat=flat,
+            mask_feats=mask_feats,
+            locations=torch.cat(locs),
+            levels=torch.cat(levels),
+            padded_size=tuple(x.shape[-2:]),
+        )
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Training: the loss dict of a batch of frame pairs (``batch["frames"]``: two lists of

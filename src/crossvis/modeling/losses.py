@@ -65,6 +65,7 @@ def global_identity_loss(
 
 
 def pairwise_identity_loss(
+    *,
     key_emb: torch.Tensor,
     key_img: torch.Tensor,
     key_link: torch.Tensor,

@@ -36,6 +36,7 @@ class MaskBranch(nn.Module):
     def __init__(
         self,
         in_channels: int = 256,
+        *,
         channels: int = 128,
         num_convs: int = 4,
         out_channels: int = 8,
@@ -71,6 +72,7 @@ class DynamicMaskHead(nn.Module):
     def __init__(
         self,
         in_channels: int = 8,
+        *,
         channels: int = 8,
         num_layers: int = 3,
         sizes_of_interest: tuple[int, ...] = (64, 128, 256, 512, 1024),
@@ -103,6 +105,7 @@ class DynamicMaskHead(nn.Module):
         self,
         mask_feats: torch.Tensor,
         mask_feat_stride: int,
+        *,
         params: torch.Tensor,
         locations: torch.Tensor,
         levels: torch.Tensor,

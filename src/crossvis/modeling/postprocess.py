@@ -119,23 +119,29 @@ class PostProcessor:
         boxes = torch.cat([xy - reg[:, :2], xy + reg[:, 2:]], 1)  # l, t, r, b distances -> x1, y1, x2, y2
         keep = batched_nms(boxes, scores, cls, self.fcos.nms_th)[: self.fcos.post_nms_topk_test]
         loc, cls, scores, boxes = loc[keep], cls[keep], scores[keep], boxes[keep]
-        masks = self.masks(out, i, loc, size, mask_threshold)
+        masks = self.masks(out, i, loc, size=size, mask_threshold=mask_threshold)
         boxes = _rescale_boxes(boxes, size)
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return Detections(boxes[ok], scores[ok], cls[ok], masks[ok], out.flat["embedding"][i, loc][ok])
+        return Detections(
+            boxes=boxes[ok],
+            scores=scores[ok],
+            classes=cls[ok],
+            masks=masks[ok],
+            embeddings=out.flat["embedding"][i, loc][ok],
+        )
 
     def masks(
-        self, out: FrameOutputs, i: int, loc: torch.Tensor, size: ImageSize, mask_threshold: float
+        self, out: FrameOutputs, i: int, loc: torch.Tensor, *, size: ImageSize, mask_threshold: float
     ) -> torch.Tensor:
         """(N,) kept locations of image ``i`` -> (N, H, W) bool masks at the original size: stride-4
         probabilities of the padded input -> padded size -> crop -> original size -> threshold."""
         logits = self.mask_head(
             out.mask_feats,
             self.mask_stride,
-            out.flat["params"][i, loc],
-            out.locations[loc],
-            out.levels[loc],
-            torch.full_like(loc, i),
+            params=out.flat["params"][i, loc],
+            locations=out.locations[loc],
+            levels=out.levels[loc],
+            im_inds=torch.full_like(loc, i),
         )
         probs = aligned_bilinear(logits.sigmoid()[:, None], size.padded[0] // logits.shape[-2])
         probs = probs[:, :, : size.resized[0], : size.resized[1]]
@@ -156,9 +162,9 @@ def _rescale_boxes(boxes: torch.Tensor, size: ImageSize) -> torch.Tensor:
 
 def _empty(dim: int, out_size: tuple[int, int], dev: torch.device) -> Detections:
     return Detections(
-        torch.zeros((0, 4), device=dev),
-        torch.zeros(0, device=dev),
-        torch.zeros(0, dtype=torch.long, device=dev),
-        torch.zeros((0, *out_size), dtype=torch.bool, device=dev),
-        torch.zeros((0, dim), device=dev),
+        boxes=torch.zeros((0, 4), device=dev),
+        scores=torch.zeros(0, device=dev),
+        classes=torch.zeros(0, dtype=torch.long, device=dev),
+        masks=torch.zeros((0, *out_size), dtype=torch.bool, device=dev),
+        embeddings=torch.zeros((0, dim), device=dev),
     )

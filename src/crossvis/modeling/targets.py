@@ -39,6 +39,7 @@ def mask_centroids(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 def assign_targets(
     locations: torch.Tensor,
     level_of: torch.Tensor,
+    *,
     strides: list[int],
     ranges: list[tuple[float, float]],
     boxes: torch.Tensor,

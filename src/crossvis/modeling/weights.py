@@ -94,7 +94,13 @@ def read_weights(name_or_path: str | os.PathLike) -> LoadedWeights:
     cfg = config_from_dict(stored, f"{path} (metadata)")
     names = json.loads(meta.get("class_names", "[]"))
     cats = json.loads(meta.get("category_ids", "[]")) or list(range(1, len(names) + 1))
-    return LoadedWeights(state, cfg, names, cats, json.loads(meta.get("record", "{}")))
+    return LoadedWeights(
+        state_dict=state,
+        config=cfg,
+        class_names=names,
+        category_ids=cats,
+        record=json.loads(meta.get("record", "{}")),
+    )
 
 
 def save_weights(
