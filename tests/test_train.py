@@ -69,7 +69,7 @@ def test_lr_schedule_warmup_steps_and_scaling():
 
 def test_no_weight_decay_on_norm_layers():
     model = crossvis_tiny(num_identities=3)
-    decay, no_decay = param_groups(model, 1e-4, 0.0)
+    decay, no_decay = param_groups(model, weight_decay=1e-4, weight_decay_norm=0.0)
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
     norm_ids = {
         id(p)

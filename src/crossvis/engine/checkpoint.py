@@ -23,6 +23,7 @@ _NAME = re.compile(r"model_(\d{7})\.safetensors$")
 
 def save_checkpoint(
     out_dir: Path,
+    *,
     iteration: int,
     model: torch.nn.Module,
     cfg: Config,
@@ -32,7 +33,9 @@ def save_checkpoint(
     keep: int = 3,
     record: dict | None = None,
 ) -> Path:
-    """Write ``model_{iteration:07d}.safetensors`` and ``.state.pt``; keep the last ``keep`` of them.
+    """Write ``out_dir/checkpoints/model_{iteration:07d}.safetensors`` (``model``'s weights, identity
+    classifier included, with ``cfg``, class names, category ids and ``record``) and ``.state.pt`` (``state``,
+    the trainer's state); keep the last ``keep`` of them (all when ``keep`` <= 0).
 
     The state file is written first and the weights last, so a checkpoint counts only when complete.
     """
@@ -44,10 +47,10 @@ def save_checkpoint(
     save_weights(
         model,
         stem.with_suffix(".safetensors"),
-        cfg,
-        class_names,
-        category_ids,
-        record,
+        cfg=cfg,
+        class_names=class_names,
+        category_ids=category_ids,
+        record=record,
         include_identity_classifier=True,
     )
     for old in list_checkpoints(out_dir)[:-keep] if keep > 0 else []:
@@ -57,6 +60,7 @@ def save_checkpoint(
 
 
 def list_checkpoints(out_dir: Path) -> list[Path]:
+    """The checkpoints' weights files in ``out_dir/checkpoints``, oldest iteration first."""
     d = out_dir / "checkpoints"
     if not d.is_dir():
         return []
@@ -82,7 +86,14 @@ def export_weights(checkpoint: str | os.PathLike, output: str | os.PathLike) -> 
     from crossvis.modeling.weights import load_model
 
     model, w = load_model(checkpoint, "cpu")
-    return save_weights(model, output, w.config, w.class_names, w.category_ids, w.record)
+    return save_weights(
+        model,
+        output,
+        cfg=w.config,
+        class_names=w.class_names,
+        category_ids=w.category_ids,
+        record=w.record,
+    )
 
 
 def _official_to_ours(key: str) -> str | None:
@@ -175,9 +186,9 @@ def convert_official(
     return save_weights(
         model,
         output,
-        cfg,
-        names,
-        list(range(1, len(names) + 1)),
-        {"converted_from": str(path)},
+        cfg=cfg,
+        class_names=names,
+        category_ids=list(range(1, len(names) + 1)),
+        record={"converted_from": str(path)},
         include_identity_classifier=True,
     )
