@@ -23,6 +23,7 @@ from crossvis.data.formats.common import (
     VideoMeta,
     atomic_dir,
     load_trackset,
+    nonempty,
     parse_categories,
     to_ytvis,
 )
@@ -104,7 +105,7 @@ def _bytes_rle(seg: dict | None) -> dict | None:
     if seg is None:
         return None
     c = seg["counts"]
-    return {"size": list(seg["size"]), "counts": c.encode("ascii") if isinstance(c, str) else c}
+    return nonempty({"size": list(seg["size"]), "counts": c.encode("ascii") if isinstance(c, str) else c})
 
 
 def read_trackset(

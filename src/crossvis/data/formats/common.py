@@ -102,7 +102,12 @@ def _rle(seg, h: int, w: int, where: str) -> dict | None:
         return None
     if list(rle["size"]) != [h, w]:
         raise CrossVISError(where, f"mask size {list(rle['size'])} differs from the video size [{h}, {w}]")
-    return rle
+    return nonempty(rle)
+
+
+def nonempty(rle: dict | None) -> dict | None:
+    """An empty mask is an absent object: no format below can tell the two apart."""
+    return None if rle is None or mask_utils.area(rle) == 0 else rle
 
 
 def _videos_of(ds: YTVISDataset) -> list[VideoMeta]:
