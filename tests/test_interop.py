@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import run_cli
 from crossvis.data.formats import export_results, import_annotations
 from crossvis.data.formats.cvat import cvat_to_mask, mask_to_cvat
 from crossvis.data.masks import mask_to_box
