@@ -174,3 +174,92 @@ def test_hota_equals_direct_trackeval(tmp_path, seed):
             assert ours["per_video"][v["id"]][k] == pytest.approx(val, rel=1e-12, abs=1e-12), (v["id"], k)
     # the case is not degenerate: some association errors and some misses
     assert 0 < ours["detection_averaged"]["HOTA"] < 1
+
+
+def _mots_line(frame: int, oid: int, cls: int, m: np.ndarray) -> str:
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return f"{frame} {oid} {cls} {m.shape[0]} {m.shape[1]} {r['counts'].decode('ascii')}"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crowd_regions_follow_trackeval_mots_ignore_rule(tmp_path, seed):
+    """Crowd GT as ignore regions: equal to TrackEval's MOTSChallenge (class 10 ignore regions) on one class."""
+    generate(tmp_path / "s", SynthParams(videos=2, frames=5, seed=seed, height=48, width=64, num_classes=1))
+    gt = json.loads((tmp_path / "s" / "annotations.json").read_text())
+    gt["categories"] = [{"id": 2, "name": "pedestrian"}]
+    rng = np.random.default_rng(seed)
+    results, seq_info = [], {}
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "tr" / "ours" / "data").mkdir(parents=True)
+    for v in gt["videos"]:
+        h, w, T = v["height"], v["width"], len(v["file_names"])
+        seq = v["file_names"][0].split("/")[0]
+        seq_info[seq] = T
+        anns = [a for a in gt["annotations"] if a["video_id"] == v["id"]]
+        for k, a in enumerate(anns):
+            a["category_id"] = 2
+            a["iscrowd"] = int(k == 0)  # the first object of every video is a crowd region
+        gt_lines, tr_lines, tr_maps = [], [], np.zeros((T, h, w), np.int32)
+        for t in range(T):
+            for k, a in enumerate(anns):
+                s = a["segmentations"][t]
+                if s is None:
+                    continue
+                m = mask_utils.decode(mask_utils.frPyObjects(s, h, w))
+                gt_lines.append(
+                    _mots_line(t + 1, 10000 if a["iscrowd"] else 2000 + k, 10 if a["iscrowd"] else 2, m)
+                )
+                if rng.uniform() < 0.8:  # tracker: shifted copies (also of the crowd object), later wins
+                    shifted = np.roll(m, (int(rng.integers(-4, 5)), int(rng.integers(-4, 5))), axis=(0, 1))
+                    tr_maps[t][shifted.astype(bool)] = k + 1
+        for k in range(len(anns)):
+            segs = []
+            for t in range(T):
+                m = tr_maps[t] == k + 1
+                segs.append(_rle(m) if m.any() else None)
+                if m.any():
+                    tr_lines.append(_mots_line(t + 1, 5000 + k, 2, m))
+            if any(segs):
+                results.append({"video_id": v["id"], "category_id": 2, "score": 1.0, "segmentations": segs})
+        (tmp_path / "gt" / f"{seq}.txt").write_text("\n".join(gt_lines) + "\n")
+        (tmp_path / "tr" / "ours" / "data" / f"{seq}.txt").write_text(
+            "\n".join(sorted(tr_lines, key=lambda s: int(s.split()[0]))) + "\n"
+        )
+    ours = hota_metrics(Evaluator(copy.deepcopy(gt)), results)["per_category"]["pedestrian"]
+    ev = trackeval.Evaluator(
+        {
+            "USE_PARALLEL": False,
+            "PRINT_RESULTS": False,
+            "PRINT_CONFIG": False,
+            "OUTPUT_SUMMARY": False,
+            "OUTPUT_DETAILED": False,
+            "PLOT_CURVES": False,
+            "TIME_PROGRESS": False,
+            "BREAK_ON_ERROR": True,
+        }
+    )
+    dataset = trackeval.datasets.MOTSChallenge(
+        {
+            "GT_FOLDER": str(tmp_path / "gt"),
+            "TRACKERS_FOLDER": str(tmp_path / "tr"),
+            "OUTPUT_FOLDER": str(tmp_path / "out"),
+            "SEQ_INFO": seq_info,
+            "SKIP_SPLIT_FOL": True,
+            "GT_LOC_FORMAT": "{gt_folder}/{seq}.txt",
+            "PRINT_CONFIG": False,
+        }
+    )
+    metrics = [
+        trackeval.metrics.HOTA({"PRINT_CONFIG": False}),
+        trackeval.metrics.CLEAR({"PRINT_CONFIG": False}),
+        trackeval.metrics.Identity({"PRINT_CONFIG": False}),
+    ]
+    res, _ = ev.evaluate([dataset], metrics)
+    theirs = _summary(metrics, res["MOTSChallenge"]["ours"]["COMBINED_SEQ"]["pedestrian"])
+    for k, v in theirs.items():
+        assert ours[k] == pytest.approx(v, rel=1e-12, abs=1e-12), k
+    # the rule matters here: counting the crowd object as GT (TrackEval's YouTube-VIS class) changes the score
+    for a in gt["annotations"]:
+        a["iscrowd"] = 0
+    plain = hota_metrics(Evaluator(gt), results)["per_category"]["pedestrian"]
+    assert plain["HOTA"] != pytest.approx(ours["HOTA"])
