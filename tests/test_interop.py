@@ -309,10 +309,18 @@ def test_per_video_report_finds_the_broken_clip(tmp_path, synth):
     half = v.length // 2
     si, sj = results[i]["segmentations"], results[j]["segmentations"]
     results[i]["segmentations"], results[j]["segmentations"] = si[:half] + sj[half:], sj[:half] + si[half:]
-    rep = evaluate_report(synth / "annotations.json", results, metrics=["ytvis"], per_video=True)
+    rep = evaluate_report(
+        synth / "annotations.json", results, metrics=["ytvis"], per_video=True, per_track=True
+    )
     by = {r["video_id"]: r for r in rep.per_video}
     switched = [vid for vid, r in by.items() if r["id_switches"]]
     assert switched == [v.id]
+    # per track: exactly the two swapped GT tracks switch once each, and each was covered by two results
+    ids = {v.annotations[0]["id"], v.annotations[1]["id"]}
+    rows = [r for r in rep.per_track if r["id_switches"]]
+    assert {r["annotation_id"] for r in rows} == ids and all(r["id_switches"] == 1 for r in rows)
+    assert all(r["result_tracks"] == 2 for r in rows)
+    assert all(r["matched_frames"] == r["frames"] for r in rep.per_track)  # the masks themselves are exact
 
 
 @pytest.mark.slow

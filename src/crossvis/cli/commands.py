@@ -65,6 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.results,
         metrics=parse_metrics(args.metrics),
         per_video=args.per_video or bool(args.per_video_csv),
+        per_track=bool(args.per_track_csv),
         score_threshold=args.score_threshold,
     )
     _out(report.text(per_video=args.per_video))
@@ -75,6 +76,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_video_csv:
         report.write_per_video_csv(args.per_video_csv)
         _out(f"wrote {args.per_video_csv}")
+    if args.per_track_csv:
+        report.write_per_track_csv(args.per_track_csv)
+        _out(f"wrote {args.per_track_csv}")
     return 0
 
 

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-video", action="store_true", help="print AP and identity switches per video")
     p.add_argument("--per-video-csv", metavar="FILE", help="write the per-video rows as CSV")
+    p.add_argument(
+        "--per-track-csv", metavar="FILE", help="write one row per GT track (matched frames, switches) as CSV"
+    )
 
     p = sub.add_parser(
         "export-results",

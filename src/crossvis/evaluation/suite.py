@@ -33,11 +33,25 @@ PER_VIDEO_COLUMNS = [
 ]
 
 
+PER_TRACK_COLUMNS = [
+    "video_id",
+    "video",
+    "annotation_id",
+    "category",
+    "frames",
+    "matched_frames",
+    "result_tracks",
+    "id_switches",
+    "fragmentations",
+]
+
+
 @dataclass
 class Report:
     ytvis: EvalResult | None = None
     hota: dict | None = None
     per_video: list[dict] = field(default_factory=list)
+    per_track: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out: dict = self.ytvis.to_dict() if self.ytvis is not None else {}
@@ -58,11 +72,43 @@ class Report:
         return "\n".join(parts)
 
     def write_per_video_csv(self, path: str | os.PathLike) -> None:
-        with atomic_write(path) as f:
-            w = csv.DictWriter(f, fieldnames=PER_VIDEO_COLUMNS, extrasaction="ignore", lineterminator="\n")
-            w.writeheader()
-            for row in self.per_video:
-                w.writerow({k: ("" if row.get(k) is None else row[k]) for k in PER_VIDEO_COLUMNS})
+        _write_csv(path, self.per_video, PER_VIDEO_COLUMNS)
+
+    def write_per_track_csv(self, path: str | os.PathLike) -> None:
+        _write_csv(path, self.per_track, PER_TRACK_COLUMNS)
+
+
+def _write_csv(path: str | os.PathLike, rows: list[dict], columns: list[str]) -> None:
+    with atomic_write(path) as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+
+
+def per_track_rows(ds: YTVISDataset, identity: dict) -> list[dict]:
+    """One row per GT track: frames present and matched (mask IoU >= 0.5, one-to-one per frame), how many
+    result tracks covered it, its identity switches and fragmentations (the diagnostics' per-track counts)."""
+    names = {c["id"]: c["name"] for c in ds.categories}
+    rows = []
+    for v in ds.videos:
+        per = identity.get("per_video", {}).get(v.id, {}).get("per_track", {})
+        for a in v.annotations:
+            t = per.get(a["id"], {})
+            rows.append(
+                {
+                    "video_id": v.id,
+                    "video": v.file_names[0].split("/")[0] if v.file_names else str(v.id),
+                    "annotation_id": a["id"],
+                    "category": names[a["category_id"]],
+                    "frames": t.get("frames", 0),
+                    "matched_frames": t.get("matched_frames", 0),
+                    "result_tracks": t.get("result_tracks", 0),
+                    "id_switches": t.get("id_switches", 0),
+                    "fragmentations": t.get("fragmentations", 0),
+                }
+            )
+    return rows
 
 
 def parse_metrics(spec: str) -> list[str]:
@@ -134,14 +180,15 @@ def evaluate_report(
     *,
     metrics: list[str] | tuple[str, ...] = ("ytvis",),
     per_video: bool = False,
+    per_track: bool = False,
     score_threshold: float = 0.0,
 ) -> Report:
     """``metrics`` ("ytvis": official AP + identity diagnostics; "hota": TrackEval HOTA/CLEAR/Identity) and,
-    with ``per_video``, one row per video. The results are loaded and checked once."""
+    with ``per_video``, one row per video; with ``per_track``, one row per GT track. The results are loaded and checked once."""
     ev = Evaluator(annotations)
     dts = load_results(results, ev.dataset)
     rep = Report()
-    need_ytvis = "ytvis" in metrics or per_video
+    need_ytvis = "ytvis" in metrics or per_video or per_track
     if need_ytvis:
         result = _evaluate(ev.dataset, ev.gt_tracks, dts, True)
         rep.ytvis = result if "ytvis" in metrics else None
@@ -149,4 +196,6 @@ def evaluate_report(
         rep.hota = hota_from_tracks(ev, dts, score_threshold=score_threshold)
     if per_video:
         rep.per_video = per_video_rows(ev, dts, result.identity, rep.hota)
+    if per_track:
+        rep.per_track = per_track_rows(ev.dataset, result.identity)
     return rep
