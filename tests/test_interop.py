@@ -414,3 +414,20 @@ def test_predict_writes_a_format(tmp_path, synth_dir, tiny_weights):
     assert xml.is_file()
     back = import_annotations(tmp_path / "o_cvat", "cvat")
     assert back["videos"][0]["length"] == 3
+
+
+def test_cvat_polygons_are_close_but_lossy(tmp_path, synth):
+    """Polygon tracks keep each frame's largest outline: close to the masks, not exact (documented)."""
+    ann = synth / "annotations.json"
+    ref = YTVISDataset(ann)
+    export_results(ann, None, "cvat", tmp_path / "out", cvat_shape="polygon")
+    assert "<polygon " in next((tmp_path / "out").glob("*.xml")).read_text()
+    back = YTVISDataset(import_annotations(tmp_path / "out", "cvat"))
+    ious = []
+    for v, w in zip(ref.videos, back.videos):
+        for a, b in zip(v.annotations, w.annotations):
+            for f in range(v.length):
+                m, n = ref.decode(v, a, f), back.decode(w, b, f)
+                if m is not None and n is not None:
+                    ious.append((m & n).sum() / (m | n).sum())
+    assert len(ious) > 10 and 0.75 < np.mean(ious) < 1

@@ -83,7 +83,8 @@ def cvat_to_mask(
 
 
 def mask_to_polygon(mask: np.ndarray) -> list[float] | None:
-    """Outline of the largest part of a mask as [x0, y0, x1, y1, ...] (pixel centres), or None."""
+    """Outline of the largest part of a mask as [x0, y0, x1, y1, ...] through the centres (x + 0.5, y + 0.5) of
+    its boundary pixels, or None. Lossy: holes, other parts and half of each boundary pixel are lost."""
     import cv2  # optional: only polygon export needs OpenCV (opencv-python, a trackeval dependency)
 
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -91,7 +92,7 @@ def mask_to_polygon(mask: np.ndarray) -> list[float] | None:
     if not contours:
         return None
     c = max(contours, key=cv2.contourArea).reshape(-1, 2)
-    return c.astype(float).ravel().tolist()
+    return (c.astype(float) + 0.5).ravel().tolist()  # boundary pixels' centres in continuous coordinates
 
 
 # ------------------------------------------------------------------------------------------------ writing
