@@ -431,3 +431,17 @@ def test_cvat_polygons_are_close_but_lossy(tmp_path, synth):
                 if m is not None and n is not None:
                     ious.append((m & n).sum() / (m | n).sum())
     assert len(ious) > 10 and 0.75 < np.mean(ious) < 1
+
+
+def test_declared_sizes_are_checked_first(tmp_path, synth):
+    xml = _cvat_file(tmp_path, synth)
+    xml.write_text(xml.read_text().replace("<size>", "<size>9999999", 1))
+    with pytest.raises(CrossVISError, match="not a frame count"):
+        import_annotations(xml, "cvat")
+    export_results(synth / "annotations.json", None, "mots", tmp_path / "m")
+    txt = sorted((tmp_path / "m" / "instances_txt").glob("*.txt"))[0]
+    first, *rest = txt.read_text().splitlines()
+    f, i, c, h, w, rle = first.split(" ")
+    txt.write_text("\n".join([" ".join([f, i, c, "100000", "100000", rle]), *rest]) + "\n")
+    with pytest.raises(CrossVISError, match=rf"{txt.name}:1: frame size 100000x100000 is not valid"):
+        import_annotations(tmp_path / "m", "mots")

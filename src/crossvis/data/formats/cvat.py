@@ -26,6 +26,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from crossvis.data.formats.common import (
+    MAX_FRAMES,
     Track,
     TrackSet,
     VideoMeta,
@@ -252,6 +253,8 @@ def read_meta(root: ET.Element, where: str) -> tuple[str | None, int, int, int, 
             where, "<meta><task> needs <size> and <original_size><width>/<height> integers"
         ) from None
     check_size(height, width, where)
+    if not 0 < length <= MAX_FRAMES:
+        raise CrossVISError(where, f"task <size> {length} is not a frame count in 1..{MAX_FRAMES}")
     name_el = task.find("name")
     labels = [n.text or "" for lab in meta.iter("label") if (n := lab.find("name")) is not None]  # type: ignore[union-attr]
     return (name_el.text if name_el is not None else None), length, height, width, labels

@@ -24,6 +24,7 @@ from crossvis.data.formats.common import (
     TrackSet,
     build_video,
     category_by_name,
+    check_size,
     encode,
     frame_stems,
     label_map,
@@ -100,6 +101,7 @@ def read_frame(path: Path, palette: list[int] | None) -> tuple[np.ndarray, list[
     from the video's first frame is a CrossVISError."""
     try:
         with Image.open(path) as im:
+            check_size(im.height, im.width, str(path))  # the declared size, before decoding
             if im.mode != "P":
                 raise CrossVISError(
                     path, f"not a palette (mode P) PNG but mode {im.mode}: object ids are palette indices"
@@ -108,7 +110,7 @@ def read_frame(path: Path, palette: list[int] | None) -> tuple[np.ndarray, list[
             arr = np.asarray(im)
     except CrossVISError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise CrossVISError(path, f"cannot read image: {e}") from None
     pal = pal[:768]
     if palette is not None:
