@@ -392,6 +392,7 @@ def test_cvat_import_train_infer_export_loop(tmp_path):
     assert len(back["annotations"]) == n_results
 
 
+@pytest.mark.slow
 def test_predict_writes_a_format(tmp_path, synth_dir, tiny_weights):
     folder = synth_dir / "JPEGImages" / "video_0001"
     r = run_cli(
@@ -445,3 +446,39 @@ def test_declared_sizes_are_checked_first(tmp_path, synth):
     txt.write_text("\n".join([" ".join([f, i, c, "100000", "100000", rle]), *rest]) + "\n")
     with pytest.raises(CrossVISError, match=rf"{txt.name}:1: frame size 100000x100000 is not valid"):
         import_annotations(tmp_path / "m", "mots")
+
+
+def test_export_video_tracks_writes_a_predicted_video(tmp_path):
+    """What `predict --format` calls: VideoResult.tracks (str-count RLE, None where absent) -> a format."""
+    from crossvis.data.formats import export_video_tracks
+
+    m = np.zeros((20, 30), np.uint8)
+    m[2:9, 3:12] = 1
+    r = mask_utils.encode(np.asfortranarray(m))
+    seg = {"size": [20, 30], "counts": r["counts"].decode()}
+    empty = mask_utils.encode(np.asfortranarray(np.zeros_like(m)))
+    tracks = [
+        {"track_id": 4, "category_id": 2, "score": 0.8, "segmentations": [seg, None, seg]},
+        {
+            "track_id": 7,
+            "category_id": 1,
+            "score": 0.3,
+            "segmentations": [None, {"size": [20, 30], "counts": empty["counts"].decode()}, None],
+        },
+    ]
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    export_video_tracks(
+        tracks,
+        name="clip",
+        num_frames=3,
+        height=20,
+        width=30,
+        categories=cats,
+        fmt="cvat",
+        out_dir=tmp_path / "o",
+    )
+    back = import_annotations(tmp_path / "o", "cvat")
+    assert back["videos"][0]["file_names"] == ["clip/00000.jpg", "clip/00001.jpg", "clip/00002.jpg"]
+    (a,) = back["annotations"]  # the track whose only mask is empty is absent everywhere
+    assert a["category_id"] == 2 and [s is not None for s in a["segmentations"]] == [True, False, True]
+    assert a["segmentations"][0]["counts"] == seg["counts"]
