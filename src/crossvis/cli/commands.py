@@ -58,13 +58,48 @@ def write_metrics(result, path: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from crossvis.evaluation import evaluate
+    from crossvis.evaluation.suite import evaluate_report, parse_metrics
 
-    result = evaluate(args.annotations, args.results)
-    print_metrics(result)
+    report = evaluate_report(
+        args.annotations,
+        args.results,
+        metrics=parse_metrics(args.metrics),
+        per_video=args.per_video or bool(args.per_video_csv),
+        per_track=bool(args.per_track_csv),
+        score_threshold=args.score_threshold,
+    )
+    _out(report.text(per_video=args.per_video))
     if args.output:
-        write_metrics(result, args.output)
+        with atomic_write(args.output) as f:
+            json.dump(report.to_dict(), f, indent=1)
         _out(f"wrote {args.output}")
+    if args.per_video_csv:
+        report.write_per_video_csv(args.per_video_csv)
+        _out(f"wrote {args.per_video_csv}")
+    if args.per_track_csv:
+        report.write_per_track_csv(args.per_track_csv)
+        _out(f"wrote {args.per_track_csv}")
+    return 0
+
+
+def cmd_export_results(args: argparse.Namespace) -> int:
+    from crossvis.data.formats import export_results
+
+    r = export_results(args.results, args.annotations, args.format, args.output, cvat_shape=args.cvat_shape)
+    _out(f"wrote {r['out_dir']} ({args.format}: {r['videos']} videos, {r['tracks']} tracks)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from crossvis.data.formats import import_annotations
+
+    d = import_annotations(
+        args.source, args.format, output=args.output, images=args.images, categories=args.categories
+    )
+    _out(
+        f"wrote {args.output} ({len(d['videos'])} videos, {len(d['annotations'])} tracks, "
+        f"categories: {', '.join(c['name'] for c in d['categories'])})"
+    )
     return 0
 
 
@@ -104,10 +139,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         vis_threshold=args.vis_threshold,
         folder_fps=args.fps,
+        export_format=args.format,
+        export_dir=args.format_output,
     )
     _out(
         f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
         + (f" and {args.json}" if args.json else "")
+        + (f" and {r['export_dir']} ({args.format})" if args.format else "")
     )
     _out(
         f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "

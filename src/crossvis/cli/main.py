@@ -82,6 +82,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("annotations", help="ground-truth JSON (YouTube-VIS format)")
     p.add_argument("results", help="results JSON (official submission format)")
     p.add_argument("--output", help="write the 12 stats (and per-category AP) as JSON")
+    p.add_argument(
+        "--metrics",
+        default="ytvis",
+        help="comma list: ytvis (official AP, default), hota (HOTA, DetA, AssA, LocA, IDF1, MOTA, IDSW via trackeval)",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.0,
+        help="hota only: leave out results scored below this (default 0: all, as TrackEval's YouTube-VIS)",
+    )
+    p.add_argument("--per-video", action="store_true", help="print AP and identity switches per video")
+    p.add_argument("--per-video-csv", metavar="FILE", help="write the per-video rows as CSV")
+    p.add_argument(
+        "--per-track-csv", metavar="FILE", help="write one row per GT track (matched frames, switches) as CSV"
+    )
+
+    p = sub.add_parser(
+        "export-results",
+        parents=common,
+        help="write results (or annotations) as MOTS, MOT, DAVIS PNG, CVAT XML or normalised YouTube-VIS",
+    )
+    p.set_defaults(func=c.cmd_export_results)
+    p.add_argument("results", help="results JSON (submission format), or a YouTube-VIS annotations JSON")
+    p.add_argument(
+        "--annotations", help="YouTube-VIS JSON with the videos (names, sizes, frame names) of RESULTS"
+    )
+    p.add_argument("--format", required=True, choices=["mots", "mot", "png", "cvat", "ytvis"])
+    p.add_argument("--output", required=True, help="output folder (replaced atomically)")
+    p.add_argument(
+        "--cvat-shape",
+        default="mask",
+        choices=["mask", "polygon"],
+        help="cvat: mask tracks (exact) or polygons",
+    )
+
+    p = sub.add_parser(
+        "import", parents=common, help="convert a CVAT, DAVIS or MOTS export to YouTube-VIS JSON for training"
+    )
+    p.set_defaults(func=c.cmd_import)
+    p.add_argument("source", help="CVAT XML/zip or folder of them, DAVIS PNG folder, or MOTS folder")
+    p.add_argument("--format", required=True, choices=["cvat", "davis", "mots"])
+    p.add_argument("--output", required=True, help="YouTube-VIS JSON to write")
+    p.add_argument("--images", help="image root with <video>/<frame> files: frame names are taken from it")
+    p.add_argument(
+        "--categories",
+        help="categories: a YouTube-VIS/COCO JSON, '1=cat,2=dog' or 'cat,dog'; names/ids in SOURCE must be among them",
+    )
 
     p = sub.add_parser(
         "infer", parents=common, help="run a model over every video of a dataset JSON -> results file"
@@ -103,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p)
     p.add_argument("--output", required=True, help="overlay video to write (.mp4)")
     p.add_argument("--json", help="also write the tracks as JSON")
+    p.add_argument(
+        "--format",
+        choices=["mots", "mot", "png", "cvat", "ytvis"],
+        help="also write the tracks in this format",
+    )
+    p.add_argument("--format-output", help="folder for --format (default: OUTPUT without suffix + _FORMAT)")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: all)")
     p.add_argument(
         "--fps", type=float, default=10.0, help="frame rate of a frame folder's video (default 10)"

@@ -97,12 +97,16 @@ def predict_source(
     progress: bool = True,
     vis_threshold: float = 0.5,
     folder_fps: float = 10.0,
+    export_format: str | None = None,
+    export_dir: str | None = None,
 ) -> dict:
     """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.
 
     The overlay draws detections scored >= ``vis_threshold``; the tracks JSON holds every track.
+    ``export_format`` (mots, mot, png, cvat, ytvis) also writes every track in that format to ``export_dir``
+    (default: ``output`` without its suffix + ``_<format>``).
 
-    Returns {"frames", "tracks", "fps_end_to_end", "fps_model", "device"}.
+    Returns {"frames", "tracks", "fps_end_to_end", "fps_model", "device", "export_dir"}.
     """
     from crossvis.engine.video_io import VideoWriter, open_source
     from crossvis.engine.visualize import draw_result
@@ -131,7 +135,23 @@ def predict_source(
     bar.close()
     if json_path:
         write_tracks_json(vr, json_path, str(source), float(src.fps))
+    if export_format:  # the tracks in an interop format (crossvis.data.formats)
+        from crossvis.data.formats import export_video_tracks
+
+        export_dir = export_video_tracks(
+            vr.tracks,
+            name=Path(src.name).stem or "video",
+            num_frames=vr.num_frames,
+            height=vr.height,
+            width=vr.width,
+            categories=[
+                {"id": int(c), "name": n} for c, n in zip(predictor.category_ids, predictor.class_names)
+            ],
+            fmt=export_format,
+            out_dir=export_dir or f"{Path(output).with_suffix('')}_{export_format}",
+        )
     return {
+        "export_dir": export_dir,
         "frames": vr.num_frames,
         "tracks": len(vr.tracks),
         "fps_end_to_end": vr.num_frames / vr.total_seconds,

@@ -423,6 +423,8 @@ def identity_diagnostics(
         last: dict[int, int] = {}
         gap: dict[int, bool] = {}
         switches = frags = 0
+        # per GT track: [switches, fragmentations, frames present, frames matched, result tracks matched]
+        per_gt = [[0, 0, int(g.present.sum()), 0, set()] for g in gts]
         for t, iou in enumerate(per_frame):
             if iou.size == 0:
                 continue
@@ -431,8 +433,10 @@ def identity_diagnostics(
                 if iou[d, g] >= iou_threshold and d not in used_d:
                     used_d.add(d)
                     used_g.add(g)
+                    per_gt[g][3] += 1
                     if gap.get(g):
                         frags += 1
+                        per_gt[g][1] += 1
                     gap[g] = False
             pairs = np.argwhere(iou >= iou_threshold)
             order = np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="mergesort")
@@ -441,16 +445,34 @@ def identity_diagnostics(
                     continue
                 used_d.add(d)
                 used_g.add(g)
+                per_gt[g][3] += 1
+                per_gt[g][4].add(d)
                 if g in last and last[g] != d:
                     switches += 1
+                    per_gt[g][0] += 1
                 if gap.get(g):
                     frags += 1
+                    per_gt[g][1] += 1
                 last[g] = d
                 gap[g] = False
             for g, gt in enumerate(gts):
                 if gt.present[t] and g not in used_g and g in last:
                     gap[g] = True
-        per_video[vid] = {"id_switches": switches, "fragmentations": frags, "gt_tracks": len(gts)}
+        per_video[vid] = {
+            "id_switches": switches,
+            "fragmentations": frags,
+            "gt_tracks": len(gts),
+            "per_track": {
+                gt.id: {
+                    "id_switches": sw,
+                    "fragmentations": fr,
+                    "frames": n,
+                    "matched_frames": nm,
+                    "result_tracks": len(ds_),
+                }
+                for gt, (sw, fr, n, nm, ds_) in zip(gts, per_gt)
+            },
+        }
         tot_sw += switches
         tot_fr += frags
         tot_gt += len(gts)
