@@ -188,4 +188,4 @@ def run_clip(
 def metrics_text(metrics: EvalResult | None) -> str:
     if metrics is None:
         return "Give an annotations JSON of the clip (YouTube-VIS format) to see AP and identity switches."
-    return format_metrics(metrics, per_category=True)
+    return "Official YouTube-VIS metrics of this clip (%):\n" + format_metrics(metrics, per_category=True)

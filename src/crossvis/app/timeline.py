@@ -8,7 +8,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from crossvis.engine.visualize import track_color
 
-TRACK_COLUMNS = ["track id", "class", "score", "first frame", "last frame", "frames present"]
+TRACK_COLUMNS = ["track", "class", "score", "first", "last", "frames"]  # frames: how many it is present in
+TOP = 40  # pixels above the first row: frame numbers, and room for the label Gradio lays over the image
 
 
 def track_rows(tracks: list[dict]) -> list[list]:
@@ -30,18 +31,25 @@ def track_rows(tracks: list[dict]) -> list[list]:
     return rows
 
 
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
 def _ticks(num_frames: int) -> list[int]:
     step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 10**9) if num_frames / s <= 12)
     return list(range(0, num_frames, step))
 
 
 def draw_timeline(
-    tracks: list[dict], num_frames: int, *, width: int = 900, row_height: int = 18, label_width: int = 150
+    tracks: list[dict], num_frames: int, *, width: int = 640, row_height: int = 20, label_width: int = 130
 ) -> Image.Image:
     """An RGB image: one row per track (labelled ``#id class``), a cell in the track's overlay colour for
     each frame it is present in, frame numbers along the top."""
-    font = ImageFont.load_default()
-    top, n = 22, max(1, num_frames)
+    font = _font(13)
+    top, n = TOP, max(1, num_frames)
     cell = max(1.0, (width - label_width - 10) / n)
     height = top + row_height * max(1, len(tracks)) + 6
     img = Image.new("RGB", (int(label_width + cell * n + 10), height), (255, 255, 255))
@@ -49,14 +57,14 @@ def draw_timeline(
     for f in _ticks(n):
         x = label_width + f * cell
         draw.line([(x, top - 4), (x, height - 4)], fill=(225, 225, 225))
-        draw.text((x + 2, 4), str(f), fill=(90, 90, 90), font=font)
-    draw.text((4, 4), "frame ->", fill=(90, 90, 90), font=font)
+        draw.text((x + 2, top - 18), str(f), fill=(90, 90, 90), font=font)
+    draw.text((4, top - 18), "frame ->", fill=(90, 90, 90), font=font)
     if not tracks:
         draw.text((4, top + 2), "no tracks", fill=(90, 90, 90), font=font)
     for r, t in enumerate(tracks):
         y = top + r * row_height
         color = track_color(int(t["track_id"]))
-        draw.text((4, y + 3), f"#{t['track_id']} {t['class_name']}"[:22], fill=(0, 0, 0), font=font)
+        draw.text((4, y + 2), f"#{t['track_id']} {t['class_name']}"[:16], fill=(0, 0, 0), font=font)
         for f, seg in enumerate(t["segmentations"]):
             if seg is not None:
                 x = label_width + f * cell

@@ -236,21 +236,26 @@ def _input_controls(runner: Runner, limits: AppLimits) -> dict:
 
 
 def _output_views() -> list:
+    """The outputs, in the order the endpoints return them."""
     summary = gr.Markdown(elem_id="summary")
-    overlay = gr.Video(label="Overlay", elem_id="overlay", interactive=False, loop=True)
-    tracks = gr.Dataframe(headers=TRACK_COLUMNS, label="Tracks", elem_id="tracks", interactive=False)
-    timeline = gr.Image(
-        label="Timeline: track x frame", type="filepath", elem_id="timeline", interactive=False
-    )
-    sheet = gr.Image(label="Contact sheet", type="filepath", elem_id="contact_sheet", interactive=False)
-    metrics = gr.Textbox(label="Evaluation", lines=6, elem_id="metrics", interactive=False)
-    files = gr.File(
-        label="Downloads: tracks.json, results.json, results.zip",
-        file_count="multiple",
-        elem_id="downloads",
-        interactive=False,
-    )
-    return [summary, overlay, sheet, tracks, timeline, metrics, files]
+    with gr.Row(equal_height=True):
+        overlay = gr.Video(label="Overlay", elem_id="overlay", interactive=False, loop=True, height=340)
+        sheet = gr.Image(
+            label="Contact sheet", type="filepath", elem_id="contact_sheet", interactive=False, height=340
+        )
+    with gr.Row():
+        tracks = gr.Dataframe(
+            headers=TRACK_COLUMNS,
+            label="Tracks: first and last frame, frames present",
+            elem_id="tracks",
+            interactive=False,
+            max_height=420,
+        )
+        timeline = gr.Image(
+            label="Timeline: track x frame", type="filepath", elem_id="timeline", interactive=False
+        )
+    metrics = gr.Code(label="Evaluation", language=None, lines=6, elem_id="metrics", interactive=False)
+    return [summary, overlay, sheet, tracks, timeline, metrics]
 
 
 def build_app(weights: str, *, device: str | None, limits: AppLimits, keep_runs: int = 4) -> gr.Blocks:
@@ -261,10 +266,16 @@ def build_app(weights: str, *, device: str | None, limits: AppLimits, keep_runs:
     with gr.Blocks(title="crossvis", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=320):
                 c = _input_controls(runner, limits)
-            with gr.Column(scale=2):
-                outputs = _output_views()
+                files = gr.File(
+                    label="Downloads: tracks.json, results.json, results.zip",
+                    file_count="multiple",
+                    elem_id="downloads",
+                    interactive=False,
+                )
+            with gr.Column(scale=3):
+                outputs = [*_output_views(), files]
         tracker = [c[k] for k in TRACKER_FIELDS]
 
         def process(
