@@ -55,6 +55,7 @@ def app_url():
 @pytest.fixture
 def page(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(90_000)  # a loaded shared CPU: uploads and clicks can take a while
     page.goto(app_url)
     page.wait_for_selector("#run")
     yield page

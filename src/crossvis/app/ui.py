@@ -11,6 +11,7 @@ import html
 import logging
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -355,6 +356,10 @@ def build_app(weights: str, *, device: str | None, limits: AppLimits, keep_runs:
     return demo
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def launch(
     weights: str,
     *,
@@ -370,6 +375,9 @@ def launch(
     if host not in LOCAL_HOSTS:
         log.warning("crossvis app: serving on %s: anyone who can reach this address can use the page", host)
     demo.queue(default_concurrency_limit=1)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line each
+    if block and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)  # close like Ctrl-C, so the working folder is removed at exit
     demo.launch(
         server_name=host,
         server_port=port,
