@@ -250,6 +250,31 @@ def test_timeline_marks_presence_in_track_colours():
     assert tuple(img[y1, centre[1]]) == track_color(7) and tuple(img[y1, centre[0]]) == (255, 255, 255)
 
 
+def test_runner_keeps_recent_runs_and_few_weights(tmp_path):
+    pytest.importorskip("gradio")
+    from crossvis.app.ui import Runner
+
+    runner = Runner("synthetic-tiny", "cpu", AppLimits(), keep_runs=2)
+    active = runner.new_run()  # in progress: never removed
+    done = []
+    for _ in range(4):
+        run = runner.new_run()
+        (run / "frames").mkdir()
+        runner._finish(run)
+        done.append(run)
+    assert active.is_dir() and not (done[-1] / "frames").exists()
+    assert sorted(p for p in runner.root.iterdir() if p != active) == sorted(done[-2:])
+    # weights typed into the page: the starting ones stay loaded, at most MAX_EXTRA_WEIGHTS others
+    from crossvis.modeling.weights import SHIPPED
+
+    for i in range(3):
+        w = tmp_path / f"w{i}.safetensors"
+        w.write_bytes(SHIPPED["synthetic-tiny"].path.read_bytes())
+        runner.predictor(str(w))
+    assert list(runner._predictors) == ["synthetic-tiny", str(tmp_path / "w1.safetensors"), str(w)]
+    assert runner.predictor("synthetic-tiny") is runner.default
+
+
 def test_missing_extra_is_one_line(monkeypatch):
     from crossvis.app import INSTALL_HINT, require_gradio
 
@@ -260,3 +285,10 @@ def test_missing_extra_is_one_line(monkeypatch):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip() == f"crossvis: error: crossvis app: {INSTALL_HINT}"
+
+
+def test_cli_lists_app():
+    r = subprocess.run(
+        [sys.executable, "-m", "crossvis.cli.main", "app", "--help"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "--max-upload-mb" in r.stdout and "127.0.0.1" in r.stdout

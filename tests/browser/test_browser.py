@@ -6,6 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+pytestmark = (
+    pytest.mark.slow
+)  # a browser and a server: `make test-browser` runs them, plain `-m "not slow"` not
+
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 RESULT_TIMEOUT_MS = 120_000
 

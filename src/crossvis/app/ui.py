@@ -76,32 +76,49 @@ def _readable(e: CrossVISError, paths: dict[str, str]) -> str:
 
 
 class Runner:
-    """Loaded predictors (one per weights) and run folders: the newest ``keep_runs`` are kept while serving,
-    and the whole working folder is removed when the process exits."""
+    """Loaded predictors (the starting weights and up to ``MAX_EXTRA_WEIGHTS`` others, least recently used
+    dropped first) and run folders: the newest ``keep_runs`` finished runs are kept while serving (a run in
+    progress is never removed), and the whole working folder is removed when the process exits."""
+
+    MAX_EXTRA_WEIGHTS = 2
 
     def __init__(self, weights: str, device: str | None, limits: AppLimits, keep_runs: int) -> None:
         self.device, self.limits, self.keep_runs = device, limits, max(1, keep_runs)
         self.root = Path(tempfile.mkdtemp(prefix="crossvis-app-"))
         atexit.register(shutil.rmtree, self.root, True)
         self._lock = threading.Lock()
-        self._predictors: dict[str, VideoPredictor] = {}
+        self._predictors: dict[str, VideoPredictor] = {}  # insertion order = least recently used first
+        self._active: set[Path] = set()
         self.default_weights = weights
         self.default = self.predictor(weights)
 
     def predictor(self, weights: str | None) -> VideoPredictor:
         key = (weights or "").strip() or self.default_weights
         with self._lock:
-            if key not in self._predictors:
-                self._predictors[key] = load_predictor(key, self.device)
-            return self._predictors[key]
+            predictor = self._predictors.pop(key, None) or load_predictor(key, self.device)
+            self._predictors[key] = predictor
+            extra = [k for k in self._predictors if k != self.default_weights]
+            for k in extra[: max(0, len(extra) - self.MAX_EXTRA_WEIGHTS)]:
+                del self._predictors[k]
+            return predictor
 
     def new_run(self) -> Path:
-        runs = sorted(self.root.glob("run-*"), key=lambda p: p.stat().st_mtime)
-        for old in runs[: max(0, len(runs) - self.keep_runs + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        run = self.root / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        run.mkdir()
-        return run
+        with self._lock:
+            runs = sorted(
+                (p for p in self.root.glob("run-*") if p not in self._active), key=lambda p: p.stat().st_mtime
+            )
+            for old in runs[: max(0, len(runs) - self.keep_runs + 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+            run = self.root / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            run.mkdir()
+            self._active.add(run)
+            return run
+
+    def _finish(self, run: Path) -> None:
+        for scratch in ("frames", "sample"):  # inputs, not outputs: gone as soon as the clip is done
+            shutil.rmtree(run / scratch, ignore_errors=True)
+        with self._lock:
+            self._active.discard(run)
 
     def process(
         self,
@@ -151,8 +168,7 @@ class Runner:
                 f"processing failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             ) from None
         finally:
-            for scratch in ("frames", "sample"):  # inputs, not outputs: gone as soon as the clip is done
-                shutil.rmtree(run / scratch, ignore_errors=True)
+            self._finish(run)
 
 
 def _tracker_changes(values: dict) -> dict:
@@ -259,6 +275,74 @@ def _output_views() -> list:
     return [summary, overlay, sheet, tracks, timeline, metrics]
 
 
+def _endpoints(runner: Runner) -> tuple:
+    """The page's two functions; Gradio reads their signatures (one parameter per input, then the progress
+    bar it injects)."""
+
+    def process(
+        upload,
+        annotations,
+        weights,
+        threshold,
+        folder_fps,
+        match_threshold,
+        memory_momentum,
+        max_missed,
+        min_new_score,
+        hungarian,
+        use_embedding,
+        progress=gr.Progress(),  # noqa: B008 - how Gradio injects a progress bar
+    ):
+        values = dict(
+            zip(
+                TRACKER_FIELDS,
+                (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding),
+            )
+        )
+        out = runner.process(
+            upload,
+            annotations,
+            sample=False,
+            weights=weights,
+            threshold=threshold,
+            folder_fps=folder_fps,
+            tracker=values,
+            progress=progress,
+        )
+        return _page_outputs(out)
+
+    def sample(
+        weights,
+        threshold,
+        match_threshold,
+        memory_momentum,
+        max_missed,
+        min_new_score,
+        hungarian,
+        use_embedding,
+        progress=gr.Progress(),  # noqa: B008 - how Gradio injects a progress bar
+    ):
+        values = dict(
+            zip(
+                TRACKER_FIELDS,
+                (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding),
+            )
+        )
+        out = runner.process(
+            None,
+            None,
+            sample=True,
+            weights=weights,
+            threshold=threshold,
+            folder_fps=SAMPLE_FPS,
+            tracker=values,
+            progress=progress,
+        )
+        return _page_outputs(out)
+
+    return process, sample
+
+
 def build_app(weights: str, *, device: str | None, limits: AppLimits, keep_runs: int = 4) -> gr.Blocks:
     """The page: inputs on the left, outputs on the right; two endpoints, ``/process`` (an upload) and
     ``/sample`` (a fresh synthetic clip), with the same outputs. The weights load here, so a bad path fails
@@ -278,68 +362,7 @@ def build_app(weights: str, *, device: str | None, limits: AppLimits, keep_runs:
             with gr.Column(scale=3):
                 outputs = [*_output_views(), files]
         tracker = [c[k] for k in TRACKER_FIELDS]
-
-        def process(
-            upload,
-            annotations,
-            weights,
-            threshold,
-            folder_fps,
-            match_threshold,
-            memory_momentum,
-            max_missed,
-            min_new_score,
-            hungarian,
-            use_embedding,
-            progress=gr.Progress(),  # noqa: B008 - how Gradio injects a progress bar
-        ):
-            values = dict(
-                zip(
-                    TRACKER_FIELDS,
-                    (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding),
-                )
-            )
-            out = runner.process(
-                upload,
-                annotations,
-                sample=False,
-                weights=weights,
-                threshold=threshold,
-                folder_fps=folder_fps,
-                tracker=values,
-                progress=progress,
-            )
-            return _page_outputs(out)
-
-        def sample(
-            weights,
-            threshold,
-            match_threshold,
-            memory_momentum,
-            max_missed,
-            min_new_score,
-            hungarian,
-            use_embedding,
-            progress=gr.Progress(),  # noqa: B008 - how Gradio injects a progress bar
-        ):
-            values = dict(
-                zip(
-                    TRACKER_FIELDS,
-                    (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding),
-                )
-            )
-            out = runner.process(
-                None,
-                None,
-                sample=True,
-                weights=weights,
-                threshold=threshold,
-                folder_fps=SAMPLE_FPS,
-                tracker=values,
-                progress=progress,
-            )
-            return _page_outputs(out)
-
+        process, sample = _endpoints(runner)
         common = [c["weights"], c["threshold"]]
         c["run"].click(
             process,
