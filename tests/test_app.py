@@ -68,8 +68,10 @@ def app():
 
 
 @pytest.fixture(scope="module")
-def client(app):
-    return gradio_client.Client(app.local_url, verbose=False)
+def client(app, tmp_path_factory):
+    return gradio_client.Client(
+        app.local_url, verbose=False, download_files=tmp_path_factory.mktemp("downloads")
+    )
 
 
 def _process(client, upload, annotations=None, fps=10.0, threshold=0.5):
@@ -164,12 +166,15 @@ def test_sample_clip_is_evaluated(client):
     ]
 
 
-def test_serves_only_its_own_outputs(app, client, clip):
+def test_serves_only_its_own_outputs(app, clip):
     import httpx
 
-    out = _process(client, clip["mp4"])
-    served = httpx.get(f"{app.local_url}gradio_api/file={out[1]}")
-    assert served.status_code == 200  # its own output, from Gradio's cache
+    raw = gradio_client.Client(app.local_url, verbose=False, download_files=False)  # files as server paths
+    overlay = _process(raw, clip["mp4"])[1]  # {"path": ..., "url": ...}
+    assert Path(overlay["path"]).name == "overlay.mp4"
+    assert not Path(overlay["path"]).is_relative_to(app.crossvis_workdir)  # a copy in Gradio's cache
+    served = httpx.get(overlay["url"])
+    assert served.status_code == 200 and served.content[4:8] == b"ftyp"  # its own output, an mp4
     for other in (clip["mp4"], Path(__file__).resolve(), Path(app.crossvis_workdir)):
         assert httpx.get(f"{app.local_url}gradio_api/file={other}").status_code in (403, 404)
     # working files: at most keep_runs runs, and no extracted frames or sample clips left behind
