@@ -297,3 +297,15 @@ def test_cli_lists_app():
         [sys.executable, "-m", "crossvis.cli.main", "app", "--help"], capture_output=True, text=True
     )
     assert r.returncode == 0 and "--max-upload-mb" in r.stdout and "127.0.0.1" in r.stdout
+
+
+def test_page_errors_are_escaped_and_name_uploads_not_paths():
+    pytest.importorskip("gradio")
+    from crossvis.app.ui import _page_error, _readable
+
+    e = CrossVISError("/tmp/gradio/abc/<img src=x onerror=alert(1)>.mp4", "cannot open as a video")
+    text = _readable(
+        e, {"/tmp/gradio/abc/<img src=x onerror=alert(1)>.mp4": "<img src=x onerror=alert(1)>.mp4"}
+    )
+    assert text == "<img src=x onerror=alert(1)>.mp4: cannot open as a video"
+    assert _page_error(text).message == "&lt;img src=x onerror=alert(1)&gt;.mp4: cannot open as a video"
