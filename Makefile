@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo lint format bench clean
+.PHONY: setup test test-slow test-browser app demo lint format bench clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,22 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --ignore=tests/browser
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --ignore=tests/browser
+
+# The web app in a real browser: Debian's headless Chromium (installed with apt-get when missing; as root, or
+# through sudo) driven by Playwright (installed into the venv when missing; no browser download).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: setup
+	test -x $(CHROMIUM) || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[browser]"
+	CROSSVIS_REQUIRE_BROWSER=1 CROSSVIS_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q tests/browser
+
+app: setup
+	$(BIN)/crossvis app
 
 demo: setup
 	$(BIN)/crossvis demo

@@ -190,6 +190,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from crossvis.app import AppLimits, launch
+
+    limits = AppLimits(
+        max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, max_frames=args.max_frames
+    )
+    launch(args.weights, host=args.host, port=args.port, device=args.device, limits=limits, quiet=args.quiet)
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from crossvis.engine.benchmark import run_benchmark
 

@@ -187,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     _add_overrides(p, "on top of the weights' config")
 
+    p = sub.add_parser(
+        "app", parents=common, help="a web page to try a model on your videos (needs crossvis[app])"
+    )
+    p.set_defaults(func=c.cmd_app)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument(
+        "--weights", default="synthetic-tiny", help="weights to start with (default synthetic-tiny)"
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload in MB (default 200)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="longest clip in seconds (default 120)")
+    p.add_argument("--max-frames", type=int, default=1500, help="most frames in a clip (default 1500)")
+
     p = sub.add_parser("benchmark", parents=common, help="measure model and end-to-end speed")
     p.set_defaults(func=c.cmd_benchmark)
     _add_weights(p, required=False)
