@@ -199,6 +199,42 @@ def test_crossover_with_an_object_missing_from_one_frame():
         assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), (k, a, b)
 
 
+def test_crossover_reaches_both_frames_mask_features_and_filters():
+    """Frame-1 filters segment frame 0's mask features and frame-0 filters frame 1's: the crossover loss has
+    a gradient into the mask-branch output of both frames and into the controller of both frames. (Each
+    frame's own mask loss uses its own features and filters; only the crossover mixes them.)"""
+    model = tiny_model()
+    feats: list[torch.Tensor] = []
+    params: list[torch.Tensor] = []
+    h1 = model.mask_branch.register_forward_hook(lambda m, i, o: feats.append(o))
+    h2 = model.controller.register_forward_hook(lambda m, i, o: params.append(o))
+    try:
+        torch.manual_seed(1)
+        out = model(collate_pairs([three_objects((2, 0, 1))]))
+    finally:
+        h1.remove()
+        h2.remove()
+    grads = torch.autograd.grad(out["loss_crossover"], feats + params, allow_unused=True)
+
+    def per_image(gs):
+        return [float(g[i].abs().sum()) if g is not None else 0.0 for g in gs for i in range(len(g))]
+
+    feat_grads = per_image(grads[: len(feats)])
+    assert len(feat_grads) == 2 and min(feat_grads) > 0, feat_grads  # frame 0 and frame 1
+    # controller outputs: one per FPN level and frame; both frames' filters take part
+    n_levels = len(model.strides)
+    by_frame = [0.0, 0.0]
+    for j, g in enumerate(grads[len(feats) :]):
+        if g is None:
+            continue
+        if len(params) == 2 * n_levels:  # one call per frame
+            by_frame[j // n_levels] += float(g.abs().sum())
+        else:  # both frames in one batch
+            for i in range(len(g)):
+                by_frame[i] += float(g[i].abs().sum())
+    assert min(by_frame) > 0, by_frame
+
+
 def test_crossover_is_zero_without_a_shared_object():
     model = tiny_model()
     f0 = frame(image(0), [rect(8, 8, 56, 64)], [1], [0])
