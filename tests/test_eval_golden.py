@@ -1,0 +1,76 @@
+"""``crossvis.evaluation.evaluate`` against the OFFICIAL YouTube-VIS evaluation on 50 random cases.
+
+``fixtures/ytvis_eval_golden.json`` holds each case's inputs (ground truth and results) and the 12 stats that
+youtubevos/cocoapi's ``ytvoseval`` computed for them (run once, outside this repository; its code is not
+kept here). The cases mix crowd GT, GT ``areas`` exactly on the small/medium/large boundaries (128^2, 256^2)
+and one pixel either side, results of the wrong class, absent frames, several videos and score ties, so every
+rule of the protocol (area ranges, crowd, tie order, maxDets, matching) is exercised. Equality is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from crossvis.evaluation import STAT_NAMES, evaluate
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "ytvis_eval_golden.json").read_text())
+
+
+def test_fixture_is_the_standard_stat_order():
+    assert GOLDEN["stat_order"] == list(STAT_NAMES)
+    assert len(GOLDEN["cases"]) >= 50
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: f"seed{c['seed']}")
+def test_official_stats(case):
+    result = evaluate(copy.deepcopy(case["gt"]), copy.deepcopy(case["results"]), with_identity=False)
+    got = [result.stats[k] for k in GOLDEN["stat_order"]]
+    assert got == case["official_stats"]
+
+
+def _gt(areas: list[int], iscrowd: int = 0) -> dict:
+    return {
+        "videos": [{"id": 1, "height": 300, "width": 300, "length": 1, "file_names": ["0.jpg"]}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": 1,
+                "video_id": 1,
+                "category_id": 1,
+                "iscrowd": iscrowd,
+                "segmentations": [{"size": [300, 300], "counts": [0, 100 * 300, 300 * 300 - 100 * 300]}],
+                "areas": areas,
+            }
+        ],
+    }
+
+
+def _box_result(x1: int, score: float) -> dict:
+    """A result covering columns [0, x1) of a 300 x 300 frame (area 300 * x1), as uncompressed RLE."""
+    return {
+        "video_id": 1,
+        "category_id": 1,
+        "score": score,
+        "segmentations": [{"size": [300, 300], "counts": [0, 300 * x1, 300 * (300 - x1)]}],
+    }
+
+
+def test_an_unmatched_result_outside_an_area_range_is_not_a_false_positive_there():
+    """GT of area 30000 (medium): a perfect result scores 1 everywhere it is defined. An extra, unmatched,
+    large result (area 90000) with a higher score is a false positive for "all" but is ignored for "medium"
+    (outside that range), so APm stays 1 while AP drops."""
+    perfect = _box_result(100, 0.5)
+    r = evaluate(_gt([30000]), [perfect, {**_box_result(300, 0.9)}], with_identity=False)
+    assert r.stats["APm"] == pytest.approx(1.0) and r.stats["AP"] < 1.0
+    assert r.stats["APs"] == -1.0 and r.stats["APl"] == -1.0  # no GT in those ranges
+
+
+def test_a_gt_outside_an_area_range_is_ignored_there_and_its_match_too():
+    """GT whose `areas` say 70000 (large) though its mask has 30000 pixels: sized by the field, so it is
+    only in "large"; the matching result is ignored in "medium" and "small" (no GT there: -1)."""
+    r = evaluate(_gt([70000]), [_box_result(100, 0.5)], with_identity=False)
+    assert r.stats["APl"] == pytest.approx(1.0) and r.stats["APm"] == -1.0 and r.stats["APs"] == -1.0
