@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from crossvis.config import load_config, packaged_config
 from crossvis.data.pairs import collate_pairs
-from crossvis.modeling.builders import crossvis_tiny
+from crossvis.modeling.builders import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_wiring import frame, image, l_shape, link, rect  # noqa: E402
@@ -45,8 +46,9 @@ def golden_batch() -> dict:
 
 
 def compute() -> dict[str, float]:
+    cfg = load_config(packaged_config("synthetic_tiny"))  # 5 classes
     torch.manual_seed(0)
-    model = crossvis_tiny(num_classes=5, num_identities=6).train()
+    model = build_model(cfg, num_identities=6).train()
     batch = golden_batch()
     torch.manual_seed(1)  # the crossover's random locations
     out = model(batch)

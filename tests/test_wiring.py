@@ -14,8 +14,9 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
+from crossvis.config import load_config, packaged_config
 from crossvis.data.pairs import FrameTarget, boxes_from_masks, collate_pairs
-from crossvis.modeling.builders import crossvis_tiny
+from crossvis.modeling.builders import build_model
 from crossvis.modeling.targets import assign_targets, compute_locations, mask_centroids, size_ranges
 
 H, W = 128, 160
@@ -63,9 +64,11 @@ def link(f0: FrameTarget, f1: FrameTarget) -> tuple[FrameTarget, FrameTarget]:
     return f0, f1
 
 
-def tiny_model(num_identities: int = 6, seed: int = 0) -> torch.nn.Module:
+def tiny_model(num_identities: int = 6, seed: int = 0, overrides: list[str] | None = None) -> torch.nn.Module:
+    """The packaged tiny config's model (5 classes) in training mode, initialised from ``seed``."""
+    cfg = load_config(packaged_config("synthetic_tiny"), overrides)
     torch.manual_seed(seed)
-    return crossvis_tiny(num_classes=5, num_identities=num_identities).train()
+    return build_model(cfg, num_identities).train()
 
 
 def losses(model: torch.nn.Module, pairs: list[tuple[FrameTarget, FrameTarget]], seed: int = 1) -> dict:
@@ -291,3 +294,21 @@ def test_every_loss_has_a_gradient_path_to_the_parameters():
         params = [p for p in model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(v, params, allow_unused=True, retain_graph=True)
         assert any(g is not None and g.abs().sum() > 0 for g in grads), k
+
+
+def test_loss_weights_scale_their_losses():
+    """model.crossvis.loss_weight_{det,crossover,identity} multiply exactly their own losses."""
+    pair = three_objects((1, 2, 0))
+    base = losses(tiny_model(), [pair])
+    weights = {"loss_weight_det": 2.0, "loss_weight_crossover": 3.0, "loss_weight_identity": 0.5}
+    scaled = losses(tiny_model(overrides=[f"model.crossvis.{k}={v}" for k, v in weights.items()]), [pair])
+    factor = {
+        "loss_fcos_cls": 2.0,
+        "loss_fcos_loc": 2.0,
+        "loss_fcos_ctr": 2.0,
+        "loss_mask": 2.0,
+        "loss_crossover": 3.0,
+        "loss_identity": 0.5,
+    }
+    for k, f in factor.items():
+        assert scaled[k] == pytest.approx(f * base[k], rel=1e-5), (k, base, scaled)

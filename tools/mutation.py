@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     mutants: list[Mutant] = []
     if args.named:
         named, missing = named_mutants(src)
-        mutants += named
+        mutants += [m for m in named if args.only in m.name]
         for name in missing:
             print(f"not found (code moved or changed?): {name}")
     if args.auto:
