@@ -171,7 +171,7 @@ def auto_mutants(src: Path, dirs: list[str]) -> list[Mutant]:
             in_doc = _docstring_lines(text)
             for tok in tokenize.generate_tokens(io.StringIO(text).readline):
                 (row, col), (erow, ecol) = tok.start, tok.end
-                if row != erow or row in in_doc:
+                if row != erow or row in in_doc or row > len(lines):
                     continue
                 line = lines[row - 1]
                 if line.lstrip().startswith(("def ", "class ", "import ", "from ", "@", "raise ")):
@@ -187,18 +187,30 @@ def auto_mutants(src: Path, dirs: list[str]) -> list[Mutant]:
                         new = None
                 elif tok.type == tokenize.NUMBER:
                     new = _const_flip(tok.string)
+                if tok.string == "in" and ("for " in line[:col] or line[:col].rstrip().endswith("not")):
+                    new = None  # a for loop's "in", or "not in"
+                if tok.string == "is" and line[ecol:].lstrip().startswith("not"):
+                    new = None
                 if new is None:
                     continue
                 mutated = line[:col] + new + line[ecol:]
                 body = "".join(lines[: row - 1]) + mutated + "".join(lines[row:])
                 rel = str(f.relative_to(src))
+                try:
+                    compile(body, rel, "exec")
+                except SyntaxError:
+                    continue
                 out.append(Mutant(f"{rel}:{row} '{tok.string}' -> '{new}'", rel, row, text, body))
     return out
 
 
 def _unary(line: str, col: int) -> bool:
     before = line[:col].rstrip()
-    return not before or before[-1] in "([{,=:<>+-*/" or before.endswith(("return", "in", "and", "or", "not"))
+    return (
+        not before
+        or before[-1] in "([{,=:<>+-*/"
+        or before.endswith(("return", "in", "and", "or", "not", "else", "if"))
+    )
 
 
 def _docstring_lines(text: str) -> set[int]:
@@ -241,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--auto", nargs="*", default=[], metavar="DIR", help="sub-folders of src/crossvis to flip"
     )
+    ap.add_argument("--only", default="", help="only the named mutants whose name contains this text")
     ap.add_argument("--max", type=int, default=50, help="at most this many auto mutants (sampled)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tests", nargs="+", required=True, help="test files (or node ids) to run per mutant")
