@@ -20,6 +20,7 @@ from crossvis.modeling.builders import build_model
 from crossvis.modeling.targets import assign_targets, compute_locations, mask_centroids, size_ranges
 
 H, W = 128, 160
+TINY = load_config(packaged_config("synthetic_tiny"))  # the settings the expected values are computed from
 
 
 def rect(x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
@@ -92,11 +93,11 @@ def three_objects(order1: tuple[int, ...]) -> tuple[FrameTarget, FrameTarget]:
 
 
 # --------------------------------------------------------------------------------------------- FCOS targets
-def _expected_cls_loss(model, masks: torch.Tensor, bias: float, centre: str) -> float:
+def _expected_cls_loss(masks: torch.Tensor, bias: float, centre: str) -> tuple[float, int]:
     """loss_fcos_cls of one frame whose class logits are all ``bias``: focal loss over every location and
     class, over the number of positives that the official rule (centre sampling around the mask centroid,
     or around the box centre for ``centre="box"``) gives."""
-    cfg = model.fcos_cfg
+    cfg = TINY.model.fcos
     strides = list(cfg.fpn_strides)
     ph, pw = -(-H // 32) * 32, -(-W // 32) * 32
     locs, levels = [], []
@@ -113,15 +114,15 @@ def _expected_cls_loss(model, masks: torch.Tensor, bias: float, centre: str) -> 
     gt_ind, _ = assign_targets(
         locations,
         level_of,
-        strides,
-        size_ranges(list(cfg.sizes_of_interest)),
-        boxes,
-        centres,
-        cfg.center_sample,
-        cfg.pos_radius,
+        strides=strides,
+        ranges=size_ranges(list(cfg.sizes_of_interest)),
+        boxes=boxes,
+        centroids=centres,
+        center_sample=cfg.center_sample,
+        radius=cfg.pos_radius,
     )
     num_pos = int((gt_ind >= 0).sum())
-    n_loc, n_cls = locations.shape[0], model.num_classes
+    n_loc, n_cls = locations.shape[0], cfg.num_classes
     one = torch.full((1,), bias)
     pos = float(sigmoid_focal_loss(one, torch.ones(1), cfg.loss_alpha, cfg.loss_gamma))
     neg = float(sigmoid_focal_loss(one, torch.zeros(1), cfg.loss_alpha, cfg.loss_gamma))
@@ -142,12 +143,12 @@ def test_fcos_targets_are_centred_on_the_mask_centroid_not_the_box_centre():
     mask1 = l_shape(30, 20, 100, 100)
     f0, f1 = link(frame(image(0), [mask0], [2], [1]), frame(image(1), [mask1], [2], [1]))
     got = losses(model, [(f0, f1)])["loss_fcos_cls"]
-    e0, n0 = _expected_cls_loss(model, mask0[None], bias, "centroid")
-    e1, n1 = _expected_cls_loss(model, mask1[None], bias, "centroid")
-    b0, nb0 = _expected_cls_loss(model, mask0[None], bias, "box")
-    b1, nb1 = _expected_cls_loss(model, mask1[None], bias, "box")
+    e0, n0 = _expected_cls_loss(mask0[None], bias, "centroid")
+    e1, n1 = _expected_cls_loss(mask1[None], bias, "centroid")
+    b0, nb0 = _expected_cls_loss(mask0[None], bias, "box")
+    b1, nb1 = _expected_cls_loss(mask1[None], bias, "box")
     assert (n0, n1) != (nb0, nb1)  # the case tells the two centres apart
-    w_det = model.crossvis_cfg.loss_weight_det
+    w_det = TINY.model.crossvis.loss_weight_det
     assert got == pytest.approx(w_det * (e0 + e1) / 2, rel=1e-5)
     assert abs(got - w_det * (b0 + b1) / 2) > 1e-3
 
@@ -225,7 +226,7 @@ def test_crossover_reaches_both_frames_mask_features_and_filters():
     feat_grads = per_image(grads[: len(feats)])
     assert len(feat_grads) == 2 and min(feat_grads) > 0, feat_grads  # frame 0 and frame 1
     # controller outputs: one per FPN level and frame; both frames' filters take part
-    n_levels = len(model.strides)
+    n_levels = len(TINY.model.fcos.fpn_strides)
     by_frame = [0.0, 0.0]
     for j, g in enumerate(grads[len(feats) :]):
         if g is None:
@@ -258,11 +259,11 @@ def test_identity_loss_is_the_mean_over_positive_locations():
         model.identity_classifier.weight.zero_()
         model.identity_classifier.bias.fill_(bias)
     out = losses(model, [three_objects((0, 1, 2))])
-    cfg = model.fcos_cfg
+    cfg = TINY.model.fcos
     p = 1 / (1 + math.exp(-bias))
     pos = cfg.loss_alpha * (1 - p) ** cfg.loss_gamma * -math.log(p)
     neg = (1 - cfg.loss_alpha) * p**cfg.loss_gamma * -math.log(1 - p)
-    expected = model.crossvis_cfg.loss_weight_identity * (pos + (n_id - 1) * neg)
+    expected = TINY.model.crossvis.loss_weight_identity * (pos + (n_id - 1) * neg)
     assert out["loss_identity"] == pytest.approx(expected, rel=1e-5)
 
 
