@@ -230,7 +230,8 @@ def _docstring_lines(text: str) -> set[int]:
     return rows
 
 
-def run_tests(scratch: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
+def run_tests(scratch: Path, tests: list[str], timeout: float) -> tuple[bool, float, str]:
+    """Run ``tests`` against the scratch copy: (passed, seconds, the first failing test or "")."""
     env = {
         **os.environ,
         "PYTHONPATH": str(scratch / "src"),
@@ -242,9 +243,11 @@ def run_tests(scratch: Path, tests: list[str], timeout: float) -> tuple[bool, fl
     try:
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         ok = r.returncode == 0
+        failed = [line.split()[1] for line in r.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+        first = failed[0] if failed else ("" if ok else f"exit status {r.returncode}")
     except subprocess.TimeoutExpired:
-        ok = False
-    return ok, time.perf_counter() - t0
+        ok, first = False, "timeout"
+    return ok, time.perf_counter() - t0, first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="crossvis-mut-") as tmp:
         scratch = Path(tmp)
         shutil.copytree(src, scratch / "src", ignore=shutil.ignore_patterns("__pycache__"))
-        ok, secs = run_tests(scratch, args.tests, args.timeout)
+        ok, secs, _ = run_tests(scratch, args.tests, args.timeout)
         if not ok:
             print("the tests fail on the unmutated code: nothing to measure")
             return 1
@@ -286,11 +289,12 @@ def main(argv: list[str] | None = None) -> int:
             target = scratch / "src" / m.file
             target.write_text(m.new)
             try:
-                passed, secs = run_tests(scratch, args.tests, args.timeout)
+                passed, secs, caught_by = run_tests(scratch, args.tests, args.timeout)
             finally:
                 target.write_text(m.old)
             status = "SURVIVED" if passed else "killed"
-            print(f"[{i}/{len(mutants)}] {status:8s} {secs:5.1f}s  {m.name}", flush=True)
+            by = f"  <- {caught_by}" if caught_by else ""
+            print(f"[{i}/{len(mutants)}] {status:8s} {secs:5.1f}s  {m.name}{by}", flush=True)
             if passed:
                 survived.append(m)
     killed = len(mutants) - len(survived)
