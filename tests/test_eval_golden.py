@@ -74,3 +74,39 @@ def test_a_gt_outside_an_area_range_is_ignored_there_and_its_match_too():
     only in "large"; the matching result is ignored in "medium" and "small" (no GT there: -1)."""
     r = evaluate(_gt([70000]), [_box_result(100, 0.5)], with_identity=False)
     assert r.stats["APl"] == pytest.approx(1.0) and r.stats["APm"] == -1.0 and r.stats["APs"] == -1.0
+
+
+# ------------------------------------------------------------------ cases the mutation run found untested
+def test_ap_and_per_category_ap_count_up_to_100_results_not_10():
+    """Ten wrong results outscore the right one, the 11th: AR10 is 0, but AP and the per-category AP (both
+    at maxDets 100) see precision 1/11 at full recall, at every IoU threshold."""
+    from test_evaluation import A, B, gt_file, res
+
+    gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None)])
+    r = evaluate(gt, [res(1, 1, 0.9, [B]) for _ in range(10)] + [res(1, 1, 0.5, [A])], with_identity=False)
+    assert r.stats["AR10"] == 0.0 and r.stats["AR100"] == 1.0
+    assert r.stats["AP"] == pytest.approx(1 / 11, abs=1e-12)
+    assert r.per_category == {"c1": pytest.approx(1 / 11, abs=1e-12)}
+
+
+def test_a_malformed_uncompressed_rle_is_reported_at_its_frame():
+    from crossvis.data.masks import encode_uncompressed
+    from crossvis.errors import CrossVISError
+    from test_evaluation import A, gt_file, res
+
+    gt = gt_file([(1, 3)], [(1, 1, 1, [A, A, A], 0, None)])
+    good = encode_uncompressed(A)
+    bad = {**good, "counts": [*good["counts"][:-1], good["counts"][-1] + 1]}
+    result = {**res(1, 1, 0.5, [A, A, A]), "segmentations": [good, bad, good]}
+    with pytest.raises(CrossVISError, match="frame 1"):
+        evaluate(gt, [result])
+
+
+def test_fragmentation_with_a_single_result_track_and_a_single_gt():
+    """One GT over 3 frames, one result track that misses frame 1: a fragmentation (each frame's IoU
+    matrix is 1 x 1)."""
+    from test_evaluation import A, gt_file, res
+
+    gt = gt_file([(1, 3)], [(1, 1, 1, [A, A, A], 0, None)])
+    r = evaluate(gt, [res(1, 1, 0.9, [A, None, A])])
+    assert r.identity["fragmentations"] == 1 and r.identity["id_switches"] == 0

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--auto", nargs="*", default=[], metavar="DIR", help="sub-folders of src/crossvis to flip"
     )
-    ap.add_argument("--only", default="", help="only the named mutants whose name contains this text")
+    ap.add_argument("--only", default="", help="only the mutants whose name contains this text")
     ap.add_argument("--max", type=int, default=50, help="at most this many auto mutants (sampled)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tests", nargs="+", required=True, help="test files (or node ids) to run per mutant")
@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.auto:
         auto = auto_mutants(src, args.auto)
         random.Random(args.seed).shuffle(auto)
+        auto = [m for m in auto if args.only in m.name]
         print(f"{len(auto)} auto mutants, running {min(args.max, len(auto))}")
         mutants += auto[: args.max]
 
