@@ -261,7 +261,15 @@ def test_save_checkpoint_with_a_state_that_cannot_be_pickled(tmp_path):
     before = _listing(tmp_path)
     state = {"optimizer": {"big": torch.zeros(100_000)}, "bad": lambda: 0}
     with pytest.raises(Exception):  # noqa: B017 - pickling error type differs by Python version
-        save_checkpoint(tmp_path, 4, model, cfg, ["a", "b"], [1, 2], state)
+        save_checkpoint(
+            tmp_path,
+            iteration=4,
+            model=model,
+            cfg=cfg,
+            class_names=["a", "b"],
+            category_ids=[1, 2],
+            state=state,
+        )
     assert (ckpt / "model_0000004.state.pt").read_bytes() == OLD
     assert (ckpt / "model_0000004.safetensors").read_bytes() == OLD
     assert _listing(tmp_path) == before
@@ -272,7 +280,9 @@ def test_save_checkpoint_on_a_full_disk_leaves_no_checkpoint(tmp_path, full_disk
 
     model, cfg = _tiny()
     with pytest.raises(OSError):
-        save_checkpoint(tmp_path, 8, model, cfg, ["a", "b"], [1, 2], {"iteration": 8})
+        save_checkpoint(
+            tmp_path, iteration=8, model=model, cfg=cfg, class_names=["a", "b"], category_ids=[1, 2], state={}
+        )
     assert list_checkpoints(tmp_path) == []
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == set()
 
