@@ -110,3 +110,25 @@ def test_fragmentation_with_a_single_result_track_and_a_single_gt():
     gt = gt_file([(1, 3)], [(1, 1, 1, [A, A, A], 0, None)])
     r = evaluate(gt, [res(1, 1, 0.9, [A, None, A])])
     assert r.identity["fragmentations"] == 1 and r.identity["id_switches"] == 0
+
+
+@pytest.mark.parametrize("vid", [True, [1], "1", 1.0])
+def test_a_result_video_id_must_be_an_integer_id(vid):
+    """``True == 1`` in Python and a list is unhashable: neither may reach the video lookup."""
+    from crossvis.errors import CrossVISError
+    from test_evaluation import A, gt_file, res
+
+    gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None)])
+    with pytest.raises(CrossVISError, match="unknown video_id"):
+        evaluate(gt, [{**res(1, 1, 0.5, [A]), "video_id": vid}])
+
+
+def test_identity_matches_need_mask_iou_of_one_half_inclusive():
+    """GT over 2 frames; track X is the GT mask in frame 0, track Y a mask of IoU exactly 0.5 in frame 1: Y
+    is matched there (IoU >= 0.5), so the GT switches identity once."""
+    from test_evaluation import A, box, gt_file, res
+
+    half = box(0, 2, 0, 1)  # 2 of A's 4 pixels: IoU 0.5
+    gt = gt_file([(1, 2)], [(1, 1, 1, [A, A], 0, None)])
+    r = evaluate(gt, [res(1, 1, 0.9, [A, None]), res(1, 1, 0.8, [None, half])])
+    assert r.identity["id_switches"] == 1
