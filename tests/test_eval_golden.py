@@ -132,3 +132,14 @@ def test_identity_matches_need_mask_iou_of_one_half_inclusive():
     gt = gt_file([(1, 2)], [(1, 1, 1, [A, A], 0, None)])
     r = evaluate(gt, [res(1, 1, 0.9, [A, None]), res(1, 1, 0.8, [None, half])])
     assert r.identity["id_switches"] == 1
+
+
+def test_a_gt_without_iscrowd_is_not_a_crowd():
+    """The official format always has ``iscrowd``; crossvis accepts files without it, as non-crowd GT (a
+    perfect result then scores 1; were it a crowd, there would be nothing to detect: -1)."""
+    from test_evaluation import A, gt_file, res
+
+    gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, None)])
+    del gt["annotations"][0]["iscrowd"]
+    r = evaluate(gt, [res(1, 1, 0.9, [A])], with_identity=False)
+    assert r.stats["AP"] == pytest.approx(1.0)

@@ -230,6 +230,10 @@ def _docstring_lines(text: str) -> set[int]:
     return rows
 
 
+def _wanted(m: Mutant, only: list[str]) -> bool:
+    return not only or any(text in m.name for text in only)
+
+
 def run_tests(scratch: Path, tests: list[str], timeout: float) -> tuple[bool, float, str]:
     """Run ``tests`` against the scratch copy: (passed, seconds, the first failing test or "")."""
     env = {
@@ -256,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--auto", nargs="*", default=[], metavar="DIR", help="sub-folders of src/crossvis to flip"
     )
-    ap.add_argument("--only", default="", help="only the mutants whose name contains this text")
+    ap.add_argument("--only", nargs="*", default=[], help="only the mutants whose name contains one of these")
     ap.add_argument("--max", type=int, default=50, help="at most this many auto mutants (sampled)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="skip this many sampled auto mutants (a next batch)")
     ap.add_argument("--tests", nargs="+", required=True, help="test files (or node ids) to run per mutant")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant run (then killed)")
     args = ap.parse_args(argv)
@@ -267,13 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     mutants: list[Mutant] = []
     if args.named:
         named, missing = named_mutants(src)
-        mutants += [m for m in named if args.only in m.name]
+        mutants += [m for m in named if _wanted(m, args.only)]
         for name in missing:
             print(f"not found (code moved or changed?): {name}")
     if args.auto:
         auto = auto_mutants(src, args.auto)
         random.Random(args.seed).shuffle(auto)
-        auto = [m for m in auto if args.only in m.name]
+        auto = [m for m in auto if _wanted(m, args.only)][args.start :]
         print(f"{len(auto)} auto mutants, running {min(args.max, len(auto))}")
         mutants += auto[: args.max]
 
