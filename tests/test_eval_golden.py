@@ -143,3 +143,13 @@ def test_a_gt_without_iscrowd_is_not_a_crowd():
     del gt["annotations"][0]["iscrowd"]
     r = evaluate(gt, [res(1, 1, 0.9, [A])], with_identity=False)
     assert r.stats["AP"] == pytest.approx(1.0)
+
+
+def test_per_category_ap_is_over_all_areas():
+    """A medium GT (``areas`` 30000) found perfectly: its category's AP is 1 (the "all" range), not -1 (what
+    the "small" range, which has no GT here, would give)."""
+    from test_evaluation import A, gt_file, res
+
+    gt = gt_file([(1, 1)], [(1, 1, 1, [A], 0, [30000])])
+    r = evaluate(gt, [res(1, 1, 0.9, [A])], with_identity=False)
+    assert r.per_category == {"c1": pytest.approx(1.0)} and r.stats["APs"] == -1.0
