@@ -126,3 +126,18 @@ def test_option_iou_only():
     t = OnlineTracker(use_embedding=False)
     t.update(0, *dets((BOX, 0.9, 0, E1)))
     assert t.update(1, *dets((FAR, 0.9, 0, E1))) == [1]  # same embedding, no overlap: new track without cos
+
+
+def test_option_min_new_score_is_inclusive():
+    """A detection whose score equals min_new_score is not below it: it may open a track."""
+    t = OnlineTracker(min_new_score=0.5)
+    assert t.update(0, *dets((BOX, 0.5, 0, E1), (FAR, 0.25, 0, E2))) == [0, -1]
+
+
+def test_same_frame_tie_keeps_the_first_detection():
+    """Two detections with the same association score to one track: the first (higher detection score)
+    keeps it, as only a strictly higher association score replaces a granted detection; the other is dropped."""
+    t = OnlineTracker()
+    t.update(0, *dets((BOX, 0.9, 0, E1)))
+    assert t.update(1, *dets((BOX, 0.8, 0, E1), (BOX, 0.7, 0, E1))) == [0, -1]
+    assert t.tracks[0].scores == pytest.approx([0.9, 0.8])
