@@ -253,8 +253,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise CrossVISError(path, "_base_ inheritance loops back to this file")
-    if len(seen) >= MAX_BASE_CHAIN:
-        raise CrossVISError(path, f"_base_ chain longer than the limit of {MAX_BASE_CHAIN} files")
+    if len(seen) > MAX_BASE_CHAIN:
+        raise CrossVISError(path, f"_base_ chain longer than the limit of {MAX_BASE_CHAIN} inheritances")
     data = parse_yaml(_read_text(path), path)
     if data is None:
         data = {}

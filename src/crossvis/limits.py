@@ -18,7 +18,7 @@ MAX_ANNOTATIONS = 10_000_000  # annotations in one dataset JSON
 MAX_RESULTS = 10_000_000  # entries of one results file
 MAX_FRAMES = 100_000  # frames of one video (file_names / segmentations)
 MAX_SIDE = 16_384  # video / image height and width, pixels
-MAX_PIXELS = 16_384 * 16_384  # height * width of one frame
+MAX_PIXELS = 16_384 * 8_192  # height * width of one frame (8K UHD is 7,680 x 4,320)
 MAX_POLYGON_COORDS = 1_000_000  # numbers in one polygon part
 MAX_RLE_COUNT_CHARS = (
     6  # characters of one run in a compressed RLE string (any run within MAX_PIXELS needs <= 6)
@@ -31,7 +31,7 @@ MAX_IOU_CELLS = 200_000_000  # 1.6 GB of float64
 MAX_YAML_BYTES = 1024**2  # a config file (1 MiB; the shipped ones are < 4 KB)
 MAX_YAML_DEPTH = 16  # nesting of a config (the deepest key, test.tracker.x, is 3)
 MAX_YAML_NODES = 100_000  # values in a config, aliases expanded (an "alias bomb" stops here)
-MAX_BASE_CHAIN = 16  # `_base_` files inherited through
+MAX_BASE_CHAIN = 16  # `_base_` inheritances one config may go through
 
 # ------------------------------------------------------------------------------------------- weights
 MAX_WEIGHTS_BYTES = 8 * 1024**3  # a .safetensors weights file (8 GiB)
