@@ -316,8 +316,7 @@ def _build(cls: type, data: dict, where: str, prefix: str) -> Any:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            shown = full if len(full) <= 80 else full[:77] + "..."
-            raise CrossVISError(where, f"unknown config key '{shown}'")
+            raise CrossVISError(where, f"unknown config key '{full}'")
         tp = hints[key]
         sub = _dataclass_of(tp)
         if sub is not None and isinstance(value, dict):
@@ -355,7 +354,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise CrossVISError(item, "an override must look like key.sub=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError):
+        except yaml.YAMLError:
             value = raw
         node = out
         parts = key.split(".")

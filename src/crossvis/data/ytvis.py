@@ -72,7 +72,7 @@ class YTVISDataset:
         image_root: str | os.PathLike | None = None,
         check: bool = False,
     ) -> None:
-        if isinstance(annotations, dict):
+        if not isinstance(annotations, str | os.PathLike):  # already-loaded JSON (checked like a file)
             data, self.source = annotations, "<annotations>"
         else:
             self.source = str(annotations)
