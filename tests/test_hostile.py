@@ -491,7 +491,10 @@ def test_predict_failing_mid_stream_prints_the_error_on_its_own_line(tmp_path, t
 # exit 128 + signal with one line.
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(
+    "sig, code",
+    [(signal.SIGTERM, 143), (signal.SIGINT, 130), pytest.param(signal.SIGHUP, 129, marks=pytest.mark.slow)],
+)
 def test_signal_mid_predict_cleans_up(tmp_path, tiny_weights, sig, code):
     frames = _frames(tmp_path / "frames", 400)
     out = tmp_path / "out" / "o.mp4"
@@ -673,3 +676,30 @@ def test_valid_inputs_still_pass():
     r = evaluate(copy.deepcopy(gt), copy.deepcopy(res))
     assert r.stats["AP"] > 0 and YTVISDataset(gt, check=True).num_identities == 2
     assert torch.isfinite(torch.tensor(list(r.stats.values()))).all()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_keeps_the_last_complete_checkpoint(tmp_path, synth_dir):
+    from crossvis.engine.checkpoint import list_checkpoints, load_checkpoint
+    from test_train import _overrides, _train_cmd
+
+    out = tmp_path / "run"
+    cmd = [c for c in _train_cmd(out, _overrides(synth_dir)) if c != "-q"]
+    cmd += ["solver.checkpoint_period=1", "solver.max_iter=10000", "data.num_workers=1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and p.poll() is None and len(list_checkpoints(out)) < 2:
+            time.sleep(0.05)
+        assert p.poll() is None and len(list_checkpoints(out)) >= 2, "training did not get going"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 143, err[-2000:]
+    assert err.rstrip("\n").split("\n")[-1] == "crossvis: interrupted (SIGTERM)" and "Traceback" not in err
+    assert not debris(out)
+    for ckpt in list_checkpoints(out):  # every checkpoint left is complete and loads
+        state, trainer_state = load_checkpoint(ckpt)
+        assert state and trainer_state["iteration"] == int(ckpt.stem.split("_")[1])
+    assert not (out / "model_final.safetensors").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from crossvis.data.masks import check_segmentation, decode_segmentation
 from crossvis.data.safe_json import read_json
@@ -264,6 +264,8 @@ def load_rgb(path: str | os.PathLike, expected: tuple[int, int] | None = None) -
         raise CrossVISError(path, "image file not found") from None
     except IsADirectoryError:
         raise CrossVISError(path, "is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise CrossVISError(path, "not an image file (or a corrupt one)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL raises OSError for unreadable/truncated files, SyntaxError/ValueError from some plugins
         raise CrossVISError(
