@@ -15,7 +15,7 @@ from crossvis.errors import CrossVISError, brief
 from crossvis.limits import MAX_POLYGON_COORDS, MAX_RLE_COUNT_CHARS
 
 _MAX_RUN = 1 << 32  # pycocotools keeps runs as uint32
-_BATCH_CHARS = 1 << 22  # compressed characters decoded at a time (bounds the validator's memory)
+_BATCH_CHARS = 1 << 16  # compressed characters decoded at a time (small arrays: no page-fault churn)
 
 
 def check_segmentation(seg, height: int, width: int, where: str, full: bool = False) -> None:
@@ -202,7 +202,10 @@ def _first(flags: np.ndarray) -> int | None:
 
 
 def _compressed_problem(strings: list, pixels: list[int]) -> tuple[int, str] | None:
-    """pycocotools' compressed RLE (rleFrString) decoded with numpy for a batch of strings."""
+    """pycocotools' compressed RLE (rleFrString) decoded with numpy for a batch of strings.
+
+    Per character only uint8/bool work is done; the runs (fewer) are assembled from their 1..6 characters.
+    """
     raw = []
     for i, s in enumerate(strings):
         try:
@@ -210,17 +213,18 @@ def _compressed_problem(strings: list, pixels: list[int]) -> tuple[int, str] | N
         except UnicodeEncodeError:
             return i, "malformed compressed RLE: characters outside '0'..'o'"
     lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
-    problems: list[tuple[int, str]] = []
     empty = _first(lengths == 0)
     if empty is not None:
         return empty, "malformed compressed RLE: empty 'counts'"
-    v = np.frombuffer(b"".join(raw), dtype=np.uint8).astype(np.int64) - 48
-    owner = np.repeat(np.arange(len(raw)), lengths)
-    bad = _first((v < 0) | (v > 63))
+    problems: list[tuple[int, str]] = []
+    buf = np.frombuffer(b"".join(raw), dtype=np.uint8)
+    ends = np.cumsum(lengths) - 1  # each string's last character
+    bad = _first((buf < 48) | (buf > 111))
     if bad is not None:
-        problems.append((int(owner[bad]), "malformed compressed RLE: characters outside '0'..'o'"))
-    v = np.clip(v, 0, 63)
-    ends = np.cumsum(lengths) - 1
+        problems.append(
+            (int(np.searchsorted(ends, bad)), "malformed compressed RLE: characters outside '0'..'o'")
+        )
+    v = buf - np.uint8(48)  # wraps for the characters flagged above
     last = (v & 0x20) == 0  # a run's last character
     bad = _first(~last[ends])
     if bad is not None:
@@ -228,30 +232,36 @@ def _compressed_problem(strings: list, pixels: list[int]) -> tuple[int, str] | N
     last[ends] = True  # close every string's last run (flagged above) so runs never span two strings
     run_end = np.flatnonzero(last)
     run_start = np.concatenate([[0], run_end[:-1] + 1])
-    run_of = np.cumsum(last) - last  # run index of each character
-    k = np.arange(v.size) - run_start[run_of]  # position of each character in its run
-    bad = _first(k >= MAX_RLE_COUNT_CHARS)
+    run_len = run_end - run_start + 1
+    string_of = np.searchsorted(ends, run_end)
+    bad = _first(run_len > MAX_RLE_COUNT_CHARS)
     if bad is not None:
         problems.append(
             (
-                int(owner[bad]),
+                int(string_of[bad]),
                 f"malformed compressed RLE: a run of more than {MAX_RLE_COUNT_CHARS} characters",
             )
         )
-    k = np.minimum(k, MAX_RLE_COUNT_CHARS - 1)
-    x = np.add.reduceat((v & 0x1F) << (5 * k), run_start)
-    neg = (v[run_end] & 0x10) != 0
-    x[neg] -= np.int64(1) << (5 * (k[run_end][neg] + 1))
-    # runs 3, 4, ... are stored as differences to the run two places before (rleFrString)
-    string_of = owner[run_end]
+    run_len = np.minimum(run_len, MAX_RLE_COUNT_CHARS)
+    x = (v[run_start] & 0x1F).astype(np.int64)
+    for j in range(1, MAX_RLE_COUNT_CHARS):  # 5 more bits from each further character
+        sel = np.flatnonzero(run_len > j)
+        if not sel.size:
+            break
+        x[sel] += (v[run_start[sel] + j] & 0x1F).astype(np.int64) << (5 * j)
+    neg = np.flatnonzero(v[run_end] & 0x10)
+    x[neg] -= np.int64(1) << (5 * run_len[neg])
+    # runs 3, 4, ... are stored as differences to the run two places before (rleFrString): a run is the
+    # running sum of the differences of its parity within its string
     first_run = np.searchsorted(string_of, np.arange(len(raw)))
     m = np.arange(x.size) - first_run[string_of]
-    runs = x.copy()
-    for parity in (1, 2):
-        sel = (m >= parity) & (m % 2 == parity % 2)
-        cum = np.cumsum(np.where(sel, x, 0))
-        base = np.where(first_run > 0, cum[np.maximum(first_run - 1, 0)], 0)
-        runs[sel] = cum[sel] - base[string_of[sel]]
+    odd = (m & 1).astype(bool)
+    later_even = ~odd & (m >= 2)
+    runs = np.where(
+        odd,
+        _cumsum_per_string(np.where(odd, x, 0), first_run),
+        np.where(later_even, _cumsum_per_string(np.where(later_even, x, 0), first_run), x),
+    )
     bad = _first((runs < 0) | (runs >= _MAX_RUN))
     if bad is not None:
         problems.append((int(string_of[bad]), "malformed compressed RLE: a run outside [0, 2**32)"))
@@ -262,6 +272,14 @@ def _compressed_problem(strings: list, pixels: list[int]) -> tuple[int, str] | N
             (bad, f"malformed compressed RLE: runs add up to {int(totals[bad])} pixels, not {pixels[bad]}")
         )
     return min(problems) if problems else None
+
+
+def _cumsum_per_string(a: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Cumulative sum of ``a`` restarting at each index of ``first`` (sorted, first[0] == 0)."""
+    a = a.copy()
+    sums = np.add.reduceat(a, first)
+    a[first[1:]] -= sums[:-1]  # by induction the running sum is 0 just before each restart
+    return np.cumsum(a)
 
 
 def _uncompressed_problem(lists: list[list], pixels: list[int]) -> tuple[int, str] | None:

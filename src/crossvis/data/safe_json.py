@@ -17,11 +17,10 @@ import numpy as np
 from crossvis.errors import CrossVISError
 from crossvis.limits import MAX_JSON_BYTES, MAX_JSON_DEPTH
 
-_CHUNK = 1 << 24  # bytes scanned at a time (16 MiB)
+_CHUNK = 1 << 20  # bytes scanned at a time (1 MiB)
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_OPEN = np.zeros(256, dtype=np.int8)
-_OPEN[[ord("["), ord("{")]] = 1
-_OPEN[[ord("]"), ord("}")]] = -1
+# "[" 0x5B and "{" 0x7B (and only they) give 0x7B with bit 5 set; "]" 0x5D and "}" 0x7D give 0x7D
+_OPENS, _CLOSES = ord("{"), ord("}")
 
 
 class _NotJSON(ValueError):
@@ -51,10 +50,11 @@ def max_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> int:
             prev = np.where(last >= 0, slashes[np.maximum(last, 0)], -2)
             escaped = (prev == quotes - 1) & ((quotes - run_start[np.maximum(last, 0)]) % 2 == 1)
             quotes = quotes[~escaped]
-        brackets = np.flatnonzero(_OPEN[c])
+        folded = c | 0x20
+        brackets = np.flatnonzero((folded == _OPENS) | (folded == _CLOSES))
         if brackets.size:
             inside = (np.searchsorted(quotes, brackets) % 2 == 1) ^ in_string
-            steps = _OPEN[c[brackets[~inside]]].astype(np.int64)
+            steps = np.where(folded[brackets[~inside]] == _OPENS, 1, -1)
             if steps.size:
                 levels = depth + np.cumsum(steps)
                 deepest = max(deepest, int(levels.max()))
