@@ -703,3 +703,36 @@ def test_sigterm_mid_training_keeps_the_last_complete_checkpoint(tmp_path, synth
         state, trainer_state = load_checkpoint(ckpt)
         assert state and trainer_state["iteration"] == int(ckpt.stem.split("_")[1])
     assert not (out / "model_final.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_packets", "garbage_after_header"])
+def test_corrupt_video_files_end_in_one_line(tmp_path, tiny_weights, damage, capsys):
+    """The video reader's failures reach the user as the one line (exit 2), with nothing written."""
+    from fractions import Fraction
+
+    from crossvis.cli.main import main
+    from crossvis.engine.video_io import VideoWriter
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.mp4"
+    with VideoWriter(good, Fraction(10)) as w:
+        for _ in range(30):
+            w.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    data = bytearray(good.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped_packets":
+        for i in range(len(data) // 3, len(data) // 3 + 2000, 7):
+            data[i] ^= 0xFF
+    else:
+        data = data[:64] + rng.integers(0, 255, 5000, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out" / "o.mp4"
+    code = main(
+        ["predict", str(bad), "--weights", str(tiny_weights), "--output", str(out), "--device", "cpu"]
+    )
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert code == 2 and last.startswith(f"crossvis: error: {bad}: ") and "Traceback" not in err, err[-500:]
+    assert not out.exists() and not debris(tmp_path)
