@@ -736,3 +736,20 @@ def test_corrupt_video_files_end_in_one_line(tmp_path, tiny_weights, damage, cap
     last = err.rstrip("\n").split("\n")[-1]
     assert code == 2 and last.startswith(f"crossvis: error: {bad}: ") and "Traceback" not in err, err[-500:]
     assert not out.exists() and not debris(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_endless_input_files_are_refused_without_reading_them_whole():
+    with pytest.raises(CrossVISError, match="binary data"):
+        read_json("/dev/zero")
+    with pytest.raises(CrossVISError, match="binary data"):
+        load_config("/dev/zero")
+
+
+@pytest.mark.parametrize("device", ["nosuch", "cuda:99", "cpu:x"])
+def test_unknown_device_is_one_line(device):
+    from crossvis.engine.predictor import resolve_device
+
+    with pytest.raises(CrossVISError) as e:
+        resolve_device(device)
+    assert e.value.where == "--device" and device in e.value.what

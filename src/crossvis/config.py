@@ -234,15 +234,13 @@ def parse_yaml(text: str, where: str | Path) -> Any:
 
 def _read_text(path: Path) -> str:
     """A config file's text, read no further than ``MAX_YAML_BYTES``."""
+    from crossvis.data.safe_json import read_text_bytes
+
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_YAML_BYTES + 1)
+            raw = read_text_bytes(f, MAX_YAML_BYTES, path, "a YAML config file")
     except OSError as e:
         raise CrossVISError(path, f"cannot read config: {e.strerror or e}") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise CrossVISError(path, f"larger than the limit of {MAX_YAML_BYTES} bytes for a config file")
-    if b"\0" in raw:
-        raise CrossVISError(path, "not a YAML config file (binary data)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -107,12 +107,34 @@ def loads(data: bytes | str, where: str | os.PathLike) -> Any:
         raise CrossVISError(where, "not enough memory to load this JSON file") from None
 
 
+def read_text_bytes(f, limit: int, where: str | os.PathLike, kind: str) -> bytes:
+    """The content of an open binary text file (JSON, YAML) of at most ``limit`` bytes; a larger file or one
+    with NUL bytes (binary data, /dev/zero) is a CrossVISError. Read in pieces, never further than
+    ``limit + 1`` bytes and stopping at the first NUL, without reserving ``limit`` bytes up front as
+    ``f.read(limit + 1)`` would."""
+    too_big = CrossVISError(where, f"larger than the limit of {limit} bytes for {kind}")
+    if os.fstat(f.fileno()).st_size > limit:
+        raise too_big
+    parts, total = [], 0
+    while total <= limit:
+        part = f.read(min(1 << 24, limit + 1 - total))
+        if not part:
+            break
+        if b"\0" in part:
+            raise CrossVISError(where, f"not {kind} (binary data)")
+        parts.append(part)
+        total += len(part)
+    if total > limit:
+        raise too_big
+    return b"".join(parts)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file (at most ``MAX_JSON_BYTES``, nested at most ``MAX_JSON_DEPTH``); any failure is a
     one-line CrossVISError naming the file."""
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
+            data = read_text_bytes(f, MAX_JSON_BYTES, path, "a JSON file")
     except FileNotFoundError:
         raise CrossVISError(path, "file not found") from None
     except IsADirectoryError:
