@@ -208,6 +208,8 @@ def test_json_file_size_limit(tmp_path, monkeypatch):
         ('{"a": NaN}', "NaN"),
         ('{"a": -Infinity}', "Infinity"),
         ('{"a": 1e999}', "out of range"),
+        ('{"a": 1E+0400}', "out of range"),
+        ('{"a": ' + "9" * 400 + ".5}", "out of range"),
         ('{"a": ' + "9" * 5000 + "}", "malformed JSON"),
         ("\xff\xfe garbage", "malformed JSON"),
     ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,9 @@ _CHUNK = 1 << 20  # bytes scanned at a time (1 MiB)
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 # "[" 0x5B and "{" 0x7B (and only they) give 0x7B with bit 5 set; "]" 0x5D and "}" 0x7D give 0x7D
 _OPENS, _CLOSES = ord("{"), ord("}")
+
+
+_MAY_OVERFLOW = re.compile(rb"[eE][+]?0*[1-9][0-9]{2,}|[0-9]{300,}")
 
 
 class _NotJSON(ValueError):
@@ -91,8 +95,11 @@ def loads(data: bytes | str, where: str | os.PathLike) -> Any:
     deepest = max_depth(raw)
     if deepest > MAX_JSON_DEPTH:
         raise CrossVISError(where, f"JSON nested deeper than the limit of {MAX_JSON_DEPTH} levels")
+    # Only a number with a 3-digit exponent or 300+ digits can overflow a float: the hook that refuses them
+    # (1 us per number) is used only when the text holds such a run of characters.
+    hook = _finite_float if _MAY_OVERFLOW.search(raw) else float
     try:
-        return json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+        return json.loads(raw, parse_float=hook, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise CrossVISError(where, f"malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except _NotJSON as e:
