@@ -18,9 +18,14 @@ _MAX_RUN = 1 << 32  # pycocotools keeps runs as uint32
 _BATCH_CHARS = 1 << 16  # compressed characters decoded at a time (small arrays: no page-fault churn)
 
 
+def is_absent(seg) -> bool:
+    """Whether a per-frame segmentation says "not in this frame": null, or an empty list or mapping."""
+    return seg is None or (isinstance(seg, list | dict) and len(seg) == 0)
+
+
 def check_segmentation(seg, height: int, width: int, where: str, full: bool = False) -> None:
     """Structural check of one per-frame segmentation (cheap). ``full`` also checks RLE counts."""
-    if seg is None or seg == [] or seg == {}:
+    if is_absent(seg):
         return
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -70,7 +75,7 @@ def _check_polygons(seg: list, height: int, width: int, where: str) -> None:
 
 def to_rle(seg, height: int, width: int, where: str = "segmentation") -> dict | None:
     """Any supported segmentation -> compressed RLE dict (bytes counts), or None when absent."""
-    if seg is None or seg == [] or seg == {}:
+    if is_absent(seg):
         return None
     try:
         if isinstance(seg, list):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from crossvis.data.masks import rle_counts_problem, to_rle
+from crossvis.data.masks import is_absent, rle_counts_problem, to_rle
 from crossvis.data.ytvis import YTVISDataset, read_json
 from crossvis.errors import CrossVISError, brief
 from crossvis.limits import MAX_IOU_CELLS, MAX_RESULTS
@@ -85,7 +85,7 @@ def _rles_of(segs: list, h: int, w: int, where: str) -> list:
     rles: list = [None] * len(segs)
     batch = []
     for f, s in enumerate(segs):
-        if s is None or s == [] or s == {}:
+        if is_absent(s):
             continue
         counts = s.get("counts") if isinstance(s, dict) else None
         if isinstance(counts, str):
@@ -197,7 +197,7 @@ def _check_result(r: Any, w: str, ds: YTVISDataset, cats: set[int], rles: list) 
         raise CrossVISError(w, f"{len(segs)} segmentations for video {vid} of {video.length} frames")
     size = [video.height, video.width]
     for f, s in enumerate(segs):
-        if s is None or s == [] or s == {}:
+        if is_absent(s):
             continue
         if not isinstance(s, dict) or "counts" not in s:
             raise CrossVISError(f"{w}: frame {f}", "segmentation must be an RLE {size, counts} or null")
