@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from crossvis.errors import CrossVISError
+from crossvis.errors import CrossVISError, brief
+from crossvis.limits import MAX_BASE_CHAIN, MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES
 
 
 @dataclass
@@ -209,21 +210,68 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _yaml_shape_problem(data: Any) -> str | None:
+    """Depth and size of parsed YAML, aliases expanded (an "alias bomb" is refused, not walked whole)."""
+    stack, nodes = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_YAML_NODES:
+            return f"more than {MAX_YAML_NODES} values (aliases expanded)"
+        if depth > MAX_YAML_DEPTH:
+            return f"nested deeper than the limit of {MAX_YAML_DEPTH} levels"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
+def parse_yaml(text: str, where: str | Path) -> Any:
+    """YAML text -> plain data (safe loader); malformed, too deep or too big YAML is a CrossVISError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CrossVISError(where, f"invalid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise CrossVISError(where, f"YAML nested deeper than the limit of {MAX_YAML_DEPTH} levels") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a timestamp out of range
+        raise CrossVISError(where, f"invalid YAML value ({brief(str(e))})") from None
+    problem = _yaml_shape_problem(data)
+    if problem:
+        raise CrossVISError(where, f"invalid config: {problem}")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text, read no further than ``MAX_YAML_BYTES``."""
+    from crossvis.data.safe_json import read_text_bytes
+
+    try:
+        with open(path, "rb") as f:
+            raw = read_text_bytes(f, MAX_YAML_BYTES, path, "a YAML config file")
+    except OSError as e:
+        raise CrossVISError(path, f"cannot read config: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CrossVISError(path, "not a YAML config file (not UTF-8 text)") from None
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise CrossVISError(path, "_base_ inheritance loops back to this file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CrossVISError(path, f"cannot read config: {e.strerror or e}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise CrossVISError(path, f"invalid YAML: {str(e).splitlines()[0]}") from None
+    if len(seen) > MAX_BASE_CHAIN:
+        raise CrossVISError(path, f"_base_ chain longer than the limit of {MAX_BASE_CHAIN} inheritances")
+    data = parse_yaml(_read_text(path), path)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise CrossVISError(path, "a config file must be a mapping of keys to values")
     base = data.pop("_base_", None)
+    if base is not None and not isinstance(base, str):
+        raise CrossVISError(path, f"'_base_' must be a file name, got {brief(base)}")
     if base:
         data = _merge(_read_yaml(path.parent / base, (*seen, path)), data)
     return data
@@ -288,10 +336,10 @@ def _build(cls: type, data: dict, where: str, prefix: str) -> Any:
             kwargs[key] = _build(sub, value, where, f"{full}.")
             continue
         if sub is not None and value is not None:
-            raise CrossVISError(where, f"config key '{full}' must be a mapping, got {value!r}")
+            raise CrossVISError(where, f"config key '{full}' must be a mapping, got {brief(value)}")
         ok, conv = _is_instance(value, tp)
         if not ok:
-            raise CrossVISError(where, f"config key '{full}' must be {_type_name(tp)}, got {value!r}")
+            raise CrossVISError(where, f"config key '{full}' must be {_type_name(tp)}, got {brief(value)}")
         kwargs[key] = conv
     return cls(**kwargs)
 

@@ -1,18 +1,23 @@
 """``crossvis`` command-line entry point.
 
 Every subcommand parses its arguments and calls the Python API. Errors follow one convention:
-a :class:`~crossvis.errors.CrossVISError` becomes ``crossvis: error: <where>: <what>`` on stderr and exit 2;
-``--debug`` shows the traceback instead.
+a :class:`~crossvis.errors.CrossVISError` (or an OSError/MemoryError from the system) becomes
+``crossvis: error: <where>: <what>`` on stderr and exit 2, printed after any progress bar is closed;
+``--debug`` shows the traceback instead. Ctrl-C, SIGTERM and SIGHUP unwind the same way (temporary files are
+removed, earlier outputs stay) and exit 128 + the signal number (130, 143, 129) with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
-from crossvis.errors import CrossVISError
+from crossvis.errors import CrossVISError, Interrupted
 
 log = logging.getLogger("crossvis")
 
@@ -242,42 +247,105 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
+_SIGNALS = ("SIGTERM", "SIGHUP")  # what `kill`, `timeout`, job schedulers and a closed terminal send
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    # A second signal while cleaning up stops at once (the default action) instead of interrupting cleanup.
+    signal.signal(signum, signal.SIG_DFL)
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM/SIGHUP unwind like Ctrl-C (atomic writers remove their temporary files); returns the previous
+    handlers. Only the main thread may set handlers (main() called from another thread keeps the defaults)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for name in _SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, _raise_interrupted)
+    return previous
+
+
+def _close_bars() -> None:
+    """Close every open tqdm bar (innermost first) so that a message starts on a line of its own."""
+    if "tqdm" not in sys.modules:
+        return
+    from tqdm import tqdm
+
+    bars = sorted(list(getattr(tqdm, "_instances", ())), key=lambda b: -abs(getattr(b, "pos", 0)))
+    for bar in bars:
+        with contextlib.suppress(Exception):
+            bar.close()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+
+
+def _fail(where: object, what: str) -> int:
+    _close_bars()
+    what = " ".join(str(what).split()) or "failed"  # always one line
+    print(f"crossvis: error: {where}: {what}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    previous = _install_signal_handlers()
     try:
-        parser = build_parser()
-        args = _parse(parser, argv)
-        logging.basicConfig(
-            level=logging.INFO, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"
-        )
-        if args.quiet:  # the console shows warnings and errors; log files (train.log) keep everything
-            for handler in logging.getLogger().handlers:
-                handler.setLevel(logging.WARNING)
-        if args.command is None:
-            build_parser().print_help(sys.stderr)
-            return 2
-        return args.func(args) or 0
+        return _run(argv, debug)
     except CrossVISError as e:
         if debug:
             raise
-        print(f"crossvis: error: {e.where}: {e.what}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("crossvis: interrupted", file=sys.stderr)
-        return 130
+        return _fail(e.where, e.what)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP turned into Interrupted
+        _close_bars()
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"crossvis: interrupted ({name})", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:  # output piped into `head` & co.: stop quietly (Python's documented recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # the system refused something (disk full, permissions, too many open files)
+        if debug:
+            raise
+        return _fail(e.filename or "crossvis", e.strerror or str(e) or type(e).__name__)
+    except MemoryError:
+        if debug:
+            raise
+        return _fail("crossvis", "out of memory")
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         if debug:
             raise
+        _close_bars()
         msg = str(e).splitlines()[0] if str(e) else ""
         print(
-            f"crossvis: error: {type(e).__name__}: {msg} (run with --debug for the traceback)",
+            f"crossvis: internal error: {type(e).__name__}: {msg} (a bug: please report it with the output "
+            "of --debug)",
             file=sys.stderr,
         )
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    parser = build_parser()
+    args = _parse(parser, argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"
+    )
+    if args.quiet:  # the console shows warnings and errors; log files (train.log) keep everything
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return 2
+    return args.func(args) or 0
 
 
 if __name__ == "__main__":

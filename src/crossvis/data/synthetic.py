@@ -21,6 +21,7 @@ from crossvis.config import SynthConfig
 from crossvis.data.masks import encode_mask, encode_uncompressed, mask_to_box
 from crossvis.errors import CrossVISError
 from crossvis.io import atomic_write
+from crossvis.limits import MAX_FRAMES, MAX_SIDE, MAX_VIDEOS, pixels_ok
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,10 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
         raise CrossVISError("--classes", f"must be between 1 and {len(SHAPES)}")
     if p.videos < 1 or p.frames < 2 or p.height < 32 or p.width < 32:
         raise CrossVISError("synth", "need videos >= 1, frames >= 2 and a size of at least 32x32")
+    if not pixels_ok(p.height, p.width) or p.frames > MAX_FRAMES or p.videos > MAX_VIDEOS:
+        raise CrossVISError(
+            "synth", f"beyond the limits: sides <= {MAX_SIDE}, {MAX_FRAMES} frames, {MAX_VIDEOS} videos"
+        )
     out = Path(out_dir)
     enc = encode_mask if p.compressed_rle else encode_uncompressed
     videos, annotations, stats = [], [], []

@@ -6,7 +6,6 @@ lazily, and image files are checked only with ``check=True``, so a 3,000-video J
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -14,10 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from crossvis.data.masks import check_segmentation, decode_segmentation
-from crossvis.errors import CrossVISError
+from crossvis.data.safe_json import read_json
+from crossvis.errors import CrossVISError, brief
+from crossvis.limits import (
+    MAX_ANNOTATIONS,
+    MAX_CLASSES,
+    MAX_FRAMES,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MAX_VIDEOS,
+    pixels_ok,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +44,10 @@ class Video:
         return len(self.file_names)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; any failure is a one-line CrossVISError naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CrossVISError(path, "file not found") from None
-    except json.JSONDecodeError as e:
-        raise CrossVISError(path, f"malformed JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CrossVISError(path, f"cannot read: {e}") from None
-
-
 def _int(rec: dict, key: str, where: str) -> int:
     v = rec.get(key)
     if not isinstance(v, int) or isinstance(v, bool):
-        raise CrossVISError(where, f"'{key}' must be an integer, got {v!r}")
+        raise CrossVISError(where, f"'{key}' must be an integer, got {brief(v)}")
     return v
 
 
@@ -76,13 +72,13 @@ class YTVISDataset:
         image_root: str | os.PathLike | None = None,
         check: bool = False,
     ) -> None:
-        if isinstance(annotations, dict):
+        if not isinstance(annotations, str | os.PathLike):  # already-loaded JSON (checked like a file)
             data, self.source = annotations, "<annotations>"
         else:
             self.source = str(annotations)
             data = read_json(annotations)
         if isinstance(data, dict) and "videos" not in data and isinstance(data.get("images"), list):
-            data = coco_as_videos(data)  # a COCO still-image dataset: one-frame videos
+            data = coco_as_videos(data, self.source)  # a COCO still-image dataset: one-frame videos
         self.image_root = Path(image_root) if image_root is not None else None
         self._parse(data, check)
         if check and self.image_root is not None:
@@ -99,28 +95,47 @@ class YTVISDataset:
         anns = data.get("annotations") or []
         if not isinstance(anns, list):
             raise CrossVISError(src, "'annotations' must be a list")
+        for key, items, limit in (
+            ("videos", data["videos"], MAX_VIDEOS),
+            ("categories", data["categories"], MAX_CLASSES),
+            ("annotations", anns, MAX_ANNOTATIONS),
+        ):
+            if len(items) > limit:
+                raise CrossVISError(src, f"{len(items)} {key}: more than the limit of {limit}")
         self.has_annotations = "annotations" in data and data["annotations"] is not None
+        self._parse_categories(data["categories"])
+        self._parse_videos(data["videos"])
+        self._parse_annotations(anns, check)
+        # Identities: annotation ids -> 0..nID-1 (sorted), over non-crowd annotations.
+        ids = sorted(a["id"] for v in self.videos for a in v.annotations if not a.get("iscrowd", 0))
+        self.identity_of = {aid: i for i, aid in enumerate(ids)}
+        self.num_identities = len(ids)
 
+    def _parse_categories(self, categories: list) -> None:
         self.categories = []
         seen_cat: set[int] = set()
-        for i, c in enumerate(data["categories"]):
-            where = f"{src}: categories[{i}]"
+        for i, c in enumerate(categories):
+            where = f"{self.source}: categories[{i}]"
             if not isinstance(c, dict):
                 raise CrossVISError(where, "must be an object")
             cid = _int(c, "id", where)
             if cid in seen_cat:
                 raise CrossVISError(where, f"duplicate category id {cid}")
             seen_cat.add(cid)
-            self.categories.append({"id": cid, "name": str(c.get("name", cid))})
+            name = c.get("name", str(cid))
+            if not isinstance(name, str | int) or isinstance(name, bool):
+                raise CrossVISError(where, f"'name' must be a string, got {brief(name)}")
+            self.categories.append({"id": cid, "name": str(name)})
         self.categories.sort(key=lambda c: c["id"])
         self.category_ids = [c["id"] for c in self.categories]
         self.class_names = [c["name"] for c in self.categories]
         self.cat_to_class = {cid: i for i, cid in enumerate(self.category_ids)}
 
+    def _parse_videos(self, videos: list) -> None:
         self.videos: list[Video] = []
         by_id: dict[int, Video] = {}
-        for i, v in enumerate(data["videos"]):
-            where = f"{src}: videos[{i}]"
+        for i, v in enumerate(videos):
+            where = f"{self.source}: videos[{i}]"
             if not isinstance(v, dict):
                 raise CrossVISError(where, "must be an object")
             vid = _int(v, "id", where)
@@ -129,17 +144,28 @@ class YTVISDataset:
             names = v.get("file_names")
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise CrossVISError(where, "'file_names' must be a list of strings")
+            if not names:
+                raise CrossVISError(where, "'file_names' is empty: a video needs at least one frame")
+            if len(names) > MAX_FRAMES:
+                raise CrossVISError(where, f"{len(names)} frames: more than the limit of {MAX_FRAMES}")
             h, w = _int(v, "height", where), _int(v, "width", where)
-            if h <= 0 or w <= 0:
-                raise CrossVISError(where, f"invalid size {h}x{w}")
+            if not pixels_ok(h, w):
+                raise CrossVISError(
+                    where,
+                    f"invalid size {h}x{w} (each side 1..{MAX_SIDE}, at most {MAX_PIXELS} pixels)",
+                )
             if "length" in v and v["length"] != len(names):
-                raise CrossVISError(where, f"'length' {v['length']} differs from {len(names)} file_names")
+                raise CrossVISError(
+                    where, f"'length' {brief(v['length'])} differs from {len(names)} file_names"
+                )
             video = Video(vid, names, h, w)
             by_id[vid] = video
             self.videos.append(video)
         self.videos.sort(key=lambda v: v.id)
         self.video_by_id = by_id
 
+    def _parse_annotations(self, anns: list, check: bool) -> None:
+        src, by_id = self.source, self.video_by_id
         seen_ann: set[int] = set()
         for i, a in enumerate(anns):
             where = f"{src}: annotations[{i}]"
@@ -168,13 +194,8 @@ class YTVISDataset:
             if boxes is not None and (not isinstance(boxes, list) or len(boxes) != video.length):
                 raise CrossVISError(where, f"'bboxes' must be a list of {video.length} entries")
             if a.get("iscrowd", 0) not in (0, 1, False, True):
-                raise CrossVISError(where, f"'iscrowd' must be 0 or 1, got {a.get('iscrowd')!r}")
+                raise CrossVISError(where, f"'iscrowd' must be 0 or 1, got {brief(a.get('iscrowd'))}")
             video.annotations.append(a)
-
-        # Identities: annotation ids -> 0..nID-1 (sorted), over non-crowd annotations.
-        ids = sorted(a["id"] for v in self.videos for a in v.annotations if not a.get("iscrowd", 0))
-        self.identity_of = {aid: i for i, aid in enumerate(ids)}
-        self.num_identities = len(ids)
 
     # ----------------------------------------------------------------------------------------------- access
     @property
@@ -198,8 +219,12 @@ class YTVISDataset:
         return root / video.file_names[frame]
 
     def load_image(self, video: Video, frame: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; grayscale, palette and RGBA images become 3-channel RGB."""
-        return load_rgb(self.image_path(video, frame))
+        """(H, W, 3) uint8 RGB; grayscale, palette and RGBA images become 3-channel RGB.
+
+        The image must have the video's declared size (masks and results are in that size): a frame of
+        another size is an error naming the file, found from its header before it is decoded.
+        """
+        return load_rgb(self.image_path(video, frame), expected=(video.height, video.width))
 
     def check_images(self) -> None:
         for v in self.videos:
@@ -217,32 +242,61 @@ class YTVISDataset:
         return kept
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, expected: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB. Its size is checked from the header before decoding: within
+    the limits (``crossvis.limits``), and equal to ``expected`` (H, W) when given."""
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if not pixels_ok(h, w):
+                raise CrossVISError(
+                    path,
+                    f"image size {h}x{w} exceeds the limits (each side <= {MAX_SIDE}, {MAX_PIXELS} pixels)",
+                )
+            if expected is not None and (h, w) != tuple(expected):
+                raise CrossVISError(
+                    path,
+                    f"image is {h}x{w} but its video is declared {expected[0]}x{expected[1]} (height x width)",
+                )
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise CrossVISError(path, "image file not found") from None
-    except OSError as e:
-        raise CrossVISError(path, f"cannot read image: {e}") from None
+    except IsADirectoryError:
+        raise CrossVISError(path, "is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise CrossVISError(path, "not an image file (or a corrupt one)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL raises OSError for unreadable/truncated files, SyntaxError/ValueError from some plugins
+        raise CrossVISError(
+            path, f"cannot read image: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
 
 
-def coco_as_videos(coco: dict | str | os.PathLike) -> dict:
+def coco_as_videos(coco: dict | str | os.PathLike, where: str = "<coco>") -> dict:
     """A COCO instance-segmentation JSON as a YouTube-VIS-format dict of one-frame videos.
 
     Lets the per-frame model be pretrained on still images; such one-frame "pairs" are a frame with itself,
     and the trainer switches the crossover and identity losses off for them (``still`` flag on videos).
+    Missing or mistyped fields are passed on as they are, for :class:`YTVISDataset` to name.
     """
     if not isinstance(coco, dict):
+        where = str(coco)
         coco = read_json(coco)
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise CrossVISError("<coco>", "a COCO JSON needs an 'images' list")
+        raise CrossVISError(where, "a COCO JSON needs an 'images' list")
+    anns = coco.get("annotations", [])
+    if not isinstance(anns, list):
+        raise CrossVISError(where, "'annotations' must be a list")
+    for key, items in (("images", coco["images"]), ("annotations", anns)):
+        bad = next((i for i, x in enumerate(items) if not isinstance(x, dict)), None)
+        if bad is not None:
+            raise CrossVISError(f"{where}: {key}[{bad}]", "must be an object")
     videos = [
         {
-            "id": im["id"],
-            "file_names": [im["file_name"]],
-            "height": im["height"],
-            "width": im["width"],
+            "id": im.get("id"),
+            "file_names": [im.get("file_name")],
+            "height": im.get("height"),
+            "width": im.get("width"),
             "length": 1,
             "still": True,
         }
@@ -250,15 +304,15 @@ def coco_as_videos(coco: dict | str | os.PathLike) -> dict:
     ]
     anns = [
         {
-            "id": a["id"],
-            "video_id": a["image_id"],
-            "category_id": a["category_id"],
+            "id": a.get("id"),
+            "video_id": a.get("image_id"),
+            "category_id": a.get("category_id"),
             "iscrowd": a.get("iscrowd", 0),
             "segmentations": [a.get("segmentation")],
             "bboxes": [a.get("bbox")],
             "areas": [a.get("area")],
         }
-        for a in coco.get("annotations", [])
+        for a in anns
     ]
     return {"videos": videos, "categories": coco.get("categories", []), "annotations": anns}
 

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from crossvis.engine.predictor import default_device
+from crossvis.engine.predictor import resolve_device
 from crossvis.errors import CrossVISError
 
 
@@ -41,7 +41,7 @@ def run_benchmark(
     from crossvis.modeling import builders
     from crossvis.modeling.weights import load_model
 
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:

@@ -68,6 +68,8 @@ def infer_dataset(
     """
     predictor = _predictor(weights, config, overrides, device)
     ds = YTVISDataset(annotations, images)
+    if not ds.videos:
+        raise CrossVISError(annotations, "lists no videos: there is nothing to infer")
     if with_eval and not ds.has_annotations:
         raise CrossVISError(annotations, "--evaluate needs annotations in the JSON")
     missing = set(ds.category_ids) - set(predictor.category_ids)

@@ -16,6 +16,7 @@ from PIL import Image
 from crossvis.config import Config, TrackerConfig
 from crossvis.data.masks import encode_mask
 from crossvis.data.pairs import resize_shape
+from crossvis.errors import CrossVISError
 from crossvis.modeling.crossvis import CrossVIS
 from crossvis.modeling.weights import load_model
 from crossvis.tracking import OnlineTracker
@@ -23,6 +24,22 @@ from crossvis.tracking import OnlineTracker
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``--device`` as given (cpu, cuda, cuda:1, ...) or the default; one that does not exist here is a
+    CrossVISError, not a traceback."""
+    if device is None or device == "":
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CrossVISError("--device", f"unknown device {device!r} ({str(e).split(':')[0]})") from None
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise CrossVISError("--device", f"{device} is not available on this machine")
+    return dev
 
 
 @dataclass
@@ -111,7 +128,7 @@ class VideoPredictor:
         ``config`` replaces the config stored with the weights; ``overrides`` (``key.sub=value``, e.g.
         ``test.tracker.hungarian=true``) are layered on top; ``device`` defaults to CUDA when available.
         """
-        device = torch.device(device) if device else default_device()
+        device = resolve_device(device)
         model, w = load_model(weights, device, config, overrides)
         return cls(model, w.config, w.class_names, w.category_ids, tracker=tracker)
 

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from crossvis.data.masks import is_absent, to_rle
+from crossvis.data.masks import is_absent, rle_counts_problem, to_rle
 from crossvis.data.ytvis import YTVISDataset, read_json
-from crossvis.errors import CrossVISError
+from crossvis.errors import CrossVISError, brief
+from crossvis.limits import MAX_IOU_CELLS, MAX_RESULTS
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -132,6 +133,16 @@ def _make_track(
 
 
 def _gt_tracks(ds: YTVISDataset) -> dict[int, list[_Track]]:
+    _check_counts(
+        [
+            (s["counts"], v.height * v.width, (a["id"], f))
+            for v in ds.videos
+            for a in v.annotations
+            for f, s in enumerate(a["segmentations"])
+            if isinstance(s, dict) and s
+        ],
+        name=lambda at: f"{ds.source}: annotation id {at[0]}: frame {at[1]}",
+    )
     out: dict[int, list[_Track]] = {}
     for v in ds.videos:
         tracks = []
@@ -156,8 +167,53 @@ def _gt_tracks(ds: YTVISDataset) -> dict[int, list[_Track]]:
     return out
 
 
+def _check_counts(items: list[tuple[object, int, Any]], name=str) -> None:
+    """All RLE counts of a file at once (vectorised): (counts, pixels, where) -> the first malformed one is a
+    CrossVISError naming ``name(where)``. Runs that do not add up to the frame are refused before pycocotools
+    sees them."""
+    bad = rle_counts_problem([c for c, _, _ in items], [p for _, p, _ in items])
+    if bad is not None:
+        raise CrossVISError(name(items[bad[0]][2]), bad[1])
+
+
+def _check_result(r: Any, w: str, ds: YTVISDataset, cats: set[int], rles: list) -> None:
+    """One results entry's structure; its RLE counts are appended to ``rles`` for one batched check."""
+    if not isinstance(r, dict):
+        raise CrossVISError(w, "must be an object")
+    vid = r.get("video_id")
+    video = ds.video_by_id.get(vid) if isinstance(vid, int) and not isinstance(vid, bool) else None
+    if video is None:
+        raise CrossVISError(w, f"unknown video_id {brief(vid)}")
+    cid = r.get("category_id")
+    if isinstance(cid, bool) or not isinstance(cid, int) or cid not in cats:
+        raise CrossVISError(w, f"unknown category_id {brief(cid)}")
+    score = r.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise CrossVISError(w, f"score must be a finite number, got {brief(score)}")
+    segs = r.get("segmentations")
+    if not isinstance(segs, list):
+        raise CrossVISError(w, "'segmentations' must be a list (one RLE or null per frame)")
+    if len(segs) != video.length:
+        raise CrossVISError(w, f"{len(segs)} segmentations for video {vid} of {video.length} frames")
+    size = [video.height, video.width]
+    for f, s in enumerate(segs):
+        if is_absent(s):
+            continue
+        if not isinstance(s, dict) or "counts" not in s:
+            raise CrossVISError(f"{w}: frame {f}", "segmentation must be an RLE {size, counts} or null")
+        if s.get("size") != size:
+            raise CrossVISError(
+                f"{w}: frame {f}", f"RLE size {brief(s.get('size'))} differs from the video size {size}"
+            )
+        rles.append((s["counts"], video.height * video.width, f"{w}: frame {f}"))
+
+
 def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[int, list[_Track]]:
-    """Validate a results list against the GT videos/categories -> result tracks per video."""
+    """Validate a results list against the GT videos/categories -> result tracks per video.
+
+    Everything is checked before any mask work: structure, ids, sizes, and every RLE's counts (they must
+    decode and add up to the frame's pixels), so a malformed file is refused whole, never half-evaluated.
+    """
     from_file = isinstance(results, str | os.PathLike)
     where = str(results) if from_file else "<results>"
     data = read_json(results) if from_file else results
@@ -165,45 +221,39 @@ def load_results(results: str | os.PathLike | list, ds: YTVISDataset) -> dict[in
         raise CrossVISError(
             where, "results must be a JSON list of {video_id, category_id, score, segmentations}"
         )
-    out: dict[int, list[_Track]] = defaultdict(list)
+    if len(data) > MAX_RESULTS:
+        raise CrossVISError(where, f"{len(data)} results: more than the limit of {MAX_RESULTS}")
     cats = set(ds.category_ids)
+    rles: list[tuple[object, int, str]] = []
+    for i, r in enumerate(data):
+        _check_result(r, f"{where}: result {i}", ds, cats, rles)
+    _check_counts(rles)
+    out: dict[int, list[_Track]] = defaultdict(list)
     for i, r in enumerate(data):
         w = f"{where}: result {i}"
-        if not isinstance(r, dict):
-            raise CrossVISError(w, "must be an object")
-        vid = r.get("video_id")
-        video = ds.video_by_id.get(vid) if isinstance(vid, int) and not isinstance(vid, bool) else None
-        if video is None:
-            raise CrossVISError(w, f"unknown video_id {vid!r}")
-        cid = r.get("category_id")
-        if cid not in cats or isinstance(cid, bool):
-            raise CrossVISError(w, f"unknown category_id {cid!r}")
-        score = r.get("score")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise CrossVISError(w, f"score must be a finite number, got {score!r}")
-        segs = r.get("segmentations")
-        if not isinstance(segs, list):
-            raise CrossVISError(w, "'segmentations' must be a list (one RLE or null per frame)")
-        if len(segs) != video.length:
-            raise CrossVISError(w, f"{len(segs)} segmentations for video {vid} of {video.length} frames")
-        size = [video.height, video.width]
-        for f, s in enumerate(segs):
-            if is_absent(s):
-                continue
-            if not isinstance(s, dict) or "counts" not in s:
-                raise CrossVISError(f"{w}: frame {f}", "segmentation must be an RLE {size, counts} or null")
-            if s.get("size") != size:
-                raise CrossVISError(
-                    f"{w}: frame {f}", f"RLE size {s.get('size')} differs from the video size {size}"
-                )
-        rles = _rles_of(segs, video.height, video.width, w)
+        video = ds.video_by_id[r["video_id"]]
+        rles_i = _rles_of(r["segmentations"], video.height, video.width, w)
         try:
-            out[vid].append(_make_track(i + 1, cid, float(score), False, rles, video.length, None))
+            track = _make_track(i + 1, r["category_id"], float(r["score"]), False, rles_i, video.length, None)
         except CrossVISError:
             raise
         except Exception as e:
-            raise CrossVISError(w, f"malformed RLE ({e})") from None
+            raise CrossVISError(w, f"malformed RLE ({brief(str(e))})") from None
+        out[video.id].append(track)
+    _check_iou_size(ds, out)
     return out
+
+
+def _check_iou_size(ds: YTVISDataset, dts: dict[int, list[_Track]]) -> None:
+    """The per-frame IoUs of a video (frames x results x GT tracks) must fit ``MAX_IOU_CELLS``."""
+    for video in ds.videos:
+        cells = video.length * len(dts.get(video.id, ())) * len(video.annotations)
+        if cells > MAX_IOU_CELLS:
+            raise CrossVISError(
+                f"video {video.id}",
+                f"{len(dts[video.id])} results x {len(video.annotations)} GT tracks x {video.length} frames: "
+                f"more per-frame IoUs than the limit of {MAX_IOU_CELLS}",
+            )
 
 
 # ------------------------------------------------------------------------------------------------ IoU
