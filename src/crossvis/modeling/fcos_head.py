@@ -133,9 +133,11 @@ class FCOSHead(nn.Module):
         return tuple((p.data_ptr(), p._version, p.dtype, p.stride()) for p in params)
 
     def fused(self) -> _Fused:
-        """The fused inference weights, rebuilt when any parameter or BN statistic changed."""
-        key = self._fusion_key()
-        if self._fused_cache is not None and self._fused_cache.key == key:
+        """The fused inference weights, rebuilt when any parameter or BN statistic changed (built afresh,
+        as graph operations, under torch.compile / torch.export tracing)."""
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        key = () if tracing else self._fusion_key()
+        if not tracing and self._fused_cache is not None and self._fused_cache.key == key:
             return self._fused_cache
         with torch.no_grad():
             towers = (self.cls_tower, self.bbox_tower, self.identity_tower)
@@ -144,7 +146,7 @@ class FCOSHead(nn.Module):
             gn = [t[1] for t in towers] if self.norm == "GN" else None
             bn = self.identity_bn
             k = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            self._fused_cache = _Fused(
+            fused = _Fused(
                 key=key,
                 first_w=_like(torch.cat([c.weight for c in first]), w0),
                 first_b=torch.cat([c.bias for c in first]),
@@ -155,7 +157,9 @@ class FCOSHead(nn.Module):
                 id_w=_like(self.identity_pred.weight * k[:, None, None, None], w0),
                 id_b=(self.identity_pred.bias - bn.running_mean) * k + bn.bias,
             )
-        return self._fused_cache
+        if not tracing:
+            self._fused_cache = fused
+        return fused
 
     def _forward_fused(self, features: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         """Eval-mode inference without gradients: the outputs of :meth:`_forward_levels` to float tolerance."""
