@@ -161,10 +161,15 @@ def test_precision_runs_in_reduced_precision_and_returns_float32():
     ref = VideoPredictor.from_weights("synthetic-tiny", device="cpu").detect([frame])[0]
     bf = VideoPredictor.from_weights("synthetic-tiny", device="cpu", precision="bf16")
     seen = []
-    hook = bf.model.backbone.register_forward_hook(lambda _m, _a, o: seen.append(o[0].dtype))
+    hooks = [
+        bf.model.backbone.body.register_forward_hook(lambda _m, _a, o: seen.append(o[0].dtype)),
+        bf.model.head.cls_logits.register_forward_hook(lambda _m, _a, o: seen.append(o.dtype)),
+    ]
     det = bf.detect([frame])[0]
-    hook.remove()
-    assert seen == [torch.bfloat16]
+    for h in hooks:
+        h.remove()
+    # the network runs in bf16; the final class convs (5 levels) in float32 (bf16 scores cost AP)
+    assert seen == [torch.bfloat16] + [torch.float32] * 5
     assert det.scores.dtype == det.boxes.dtype == det.embeddings.dtype == torch.float32
     # bf16 has 8 mantissa bits: the confident detections agree closely
     assert abs(det.scores[0].item() - ref.scores[0].item()) < 0.02

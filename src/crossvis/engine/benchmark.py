@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from crossvis.engine.precision import autocast, check_precision
+from crossvis.engine.precision import check_precision, network_autocast
 from crossvis.engine.predictor import default_device
 from crossvis.errors import CrossVISError
 from crossvis.io import atomic_write
@@ -186,10 +186,11 @@ def stage_breakdown(model, frame: np.ndarray, device: torch.device, precision: s
         hook = model.mask_head.register_forward_hook(
             lambda _m, _a, o, captured=captured: captured.setdefault("logits", o)
         )
-        with _module_timers(model, device, parts), autocast(device, precision), torch.inference_mode():
+        with _module_timers(model, device, parts), network_autocast(model, device, precision):
             _sync(device)
             t0 = time.perf_counter()
-            det = model.inference([x], [img.shape[:2]])[0]
+            with torch.inference_mode():
+                det = model.inference([x], [img.shape[:2]])[0]
             _sync(device)
             total = time.perf_counter() - t0
         hook.remove()
@@ -258,9 +259,9 @@ def run_benchmark(
     img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
     x, _ = main.preprocess([img])
 
-    def cv(m):
+    def cv(m, prec: str = precision):
         def run():
-            with autocast(dev, precision), torch.inference_mode():
+            with network_autocast(m, dev, prec), torch.inference_mode():
                 return m.inference([img])
 
         return run
@@ -287,6 +288,8 @@ def run_benchmark(
         ref = _crossvis(weights, names[0], dev, detections)[0]
         ref.head._forward_fused = ref.head._forward_levels  # type: ignore[method-assign]
         fns[f"{main_label} [reference: NCHW, unfused head]"] = cv(ref)
+    else:  # the same model in fp32, for the speed-up of the reduced precision
+        fns[f"{main_label} [fp32]"] = cv(main, "fp32")
     if onnx:
         from crossvis.engine.onnx_runtime import OnnxModel
 
@@ -365,8 +368,7 @@ def _stage_lines(main, img, dev, precision, iters, result, fns, peers) -> list[s
     for label, fn in fns.items():
         if "ONNX" in label or "compile" in label:
             continue
-        with autocast(dev, precision) if label not in peers.values() else autocast(dev, "fp32"):
-            flops = count_flops(fn)
+        flops = count_flops(fn)
         ms = result["models_ms"][label]
         rate = flops / (ms / 1000)
         result["flops"][label] = {

@@ -19,6 +19,8 @@ NMS, mask pasting and tracking stay in Python (:mod:`crossvis.engine.onnx_runtim
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import json
 import os
 import warnings
@@ -97,7 +99,8 @@ class MaskHeadGraph(nn.Module):
 
 def _export(module: nn.Module, args: tuple, path: Path, *, inputs, outputs, dynamic_shapes) -> None:
     """torch.onnx.export with the dynamo exporter (torch 2.9+ default; the TorchScript one is deprecated)."""
-    with warnings.catch_warnings():
+    # the exporter and its optimiser print progress to stdout: keep the CLI's output to its own lines
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
             module,

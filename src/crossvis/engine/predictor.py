@@ -16,9 +16,9 @@ from PIL import Image
 from crossvis.config import Config, TrackerConfig
 from crossvis.data.masks import encode_mask
 from crossvis.data.pairs import resize_shape
-from crossvis.engine.precision import autocast, check_precision
+from crossvis.engine.precision import check_precision, network_autocast
 from crossvis.errors import CrossVISError
-from crossvis.modeling.crossvis import CrossVIS, Detections
+from crossvis.modeling.crossvis import CrossVIS
 from crossvis.modeling.weights import load_model
 from crossvis.tracking import OnlineTracker
 
@@ -68,11 +68,6 @@ class VideoResult:
         ]
 
 
-def _as_float(d: Detections) -> Detections:
-    """Detections of a reduced-precision run with float32 boxes, scores and embeddings."""
-    return Detections(d.boxes.float(), d.scores.float(), d.classes, d.masks, d.embeddings.float())
-
-
 class VideoPredictor:
     """Run a CrossVIS model and the online tracker over videos.
 
@@ -82,8 +77,9 @@ class VideoPredictor:
         class_names: name of each contiguous class (default "0", "1", ...).
         category_ids: the dataset category id of each class, for results files (default 1..C).
         tracker: tracker options (default: the config's ``test.tracker``, the official rule).
-        precision: ``fp32`` (default), ``bf16`` or ``fp16``: ``detect`` runs under ``torch.autocast``
-            (see :mod:`crossvis.engine.precision`); detections come back in float32.
+        precision: ``fp32`` (default), ``bf16`` or ``fp16``: ``detect`` runs the dense network under
+            ``torch.autocast`` (see :func:`crossvis.engine.precision.network_autocast`); post-processing and
+            the detections stay float32.
 
     The model may also be a :class:`~crossvis.engine.onnx_runtime.OnnxModel` (an exported network run by
     ONNX Runtime, fp32 only). Use :meth:`from_weights` for a shipped weight set or a ``.safetensors`` file.
@@ -170,10 +166,8 @@ class VideoPredictor:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with autocast(self.device, self.precision):
+        with network_autocast(self.model, self.device, self.precision):
             dets = self.model.inference(inputs, [f.shape[:2] for f in frames], self.cfg.test.mask_threshold)
-        if self.precision != "fp32":
-            dets = [_as_float(d) for d in dets]
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.model_seconds += time.perf_counter() - t0
