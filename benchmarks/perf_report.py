@@ -27,7 +27,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     runs = [(Path(p).stem, json.loads(Path(p).read_text())) for p in args.runs]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1.4]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 1.4]})
     y = 0
     ticks, labels = [], []
     for name, r in runs:
@@ -36,7 +36,10 @@ def main() -> None:
             ax.barh(y, ms, color="tab:orange" if model.startswith("torchvision") else "tab:blue")
             ax.text(ms, y, f" {ms:.0f} ms", va="center", fontsize=8)
             ticks.append(y)
-            labels.append(f"[{name}] {model} ({n} det.)")
+            short = model.replace(" (random weights)", "").replace("/tmp/perf/", "")
+            if not short.startswith("torchvision") and "[" not in short:
+                short += f" [{r['precision']}]"
+            labels.append(f"[{name}] {short} ({n} det.)")
             y += 1
         y += 0.8
     ax.set_yticks(ticks, labels, fontsize=7)
