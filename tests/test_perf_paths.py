@@ -193,3 +193,25 @@ def test_benchmark_json_has_the_documented_fields(tmp_path):
     assert lines[0].startswith("command: crossvis benchmark")
     with pytest.raises(CrossVISError, match="--size"):
         run_benchmark(size="64by96")
+
+
+def test_cli_precision_flags(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "b.json"
+    r = run_cli("benchmark", "--size", "64x96", "--iters", "1", "--precision", "bf16", "--json", out)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["precision"] == "bf16"
+    assert any(k.endswith("[fp32]") for k in data["models_ms"])  # the fp32 model timed beside it
+    r = run_cli(
+        "predict",
+        tmp_path,
+        "--weights",
+        "synthetic-tiny",
+        "--output",
+        tmp_path / "o.mp4",
+        "--precision",
+        "fp8",
+    )
+    assert r.returncode == 2 and "--precision" in r.stderr and "Traceback" not in r.stderr
