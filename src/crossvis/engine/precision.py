@@ -6,7 +6,7 @@ the CPU has them, and emulates them, slowly, where it does not); on CUDA both us
 :func:`network_autocast` applies it to the dense network only (backbone, FPN, head towers, controller, mask
 branch), whose outputs are cast back to float32: scores, box decoding, NMS, the dynamic mask head (its relative
 coordinates need more than bf16's 8 bits) and mask thresholding stay in float32, and so do the head's final
-prediction convs (see :mod:`crossvis.modeling.fcos_head`): with bf16 logits synthetic-tiny lost 5.6 AP.
+prediction convs (see :mod:`crossvis.modeling.fcos_head`).
 """
 
 from __future__ import annotations

@@ -190,8 +190,9 @@ class FCOSHead(nn.Module):
 @contextlib.contextmanager
 def _float32_outputs(device_type: str):
     """Under autocast, the prediction convs run in float32 on float32 tower outputs (yields the cast): bf16
-    logits have 8 significant bits, which ties and reorders scores (5.6 AP on synthetic-tiny, measured), while
-    the towers (98% of the head's FLOPs) lose nothing measurable. Without autocast: nothing changes."""
+    logits have 8 significant bits and reorder near-equal scores (on synthetic-tiny's 12-video check they
+    changed a track: -5.6 AP; see reports/performance.md), while the towers, 98% of the head's FLOPs, stay in
+    reduced precision. Without autocast: nothing changes."""
     if not torch.is_autocast_enabled(device_type):
         yield lambda t: t
         return
