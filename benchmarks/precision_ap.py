@@ -3,7 +3,9 @@
     python benchmarks/precision_ap.py --weights synthetic-tiny --onnx /tmp/tiny.onnx [--videos 12] [--seed 2000]
 
 The split is generated (as benchmarks/eval_synthetic.py does) with the weights' generator settings and a seed
-the training never used. Prints one row per path: AP, AP50, AR10 (in %), and the frames per second.
+the training never used. Prints one row per path: AP, AP50, AR10 (in %), and the frames per second (the
+paths run one after another, so on a shared machine the FPS column is not a comparison: use
+`crossvis benchmark`, which interleaves).
 """
 
 from __future__ import annotations

@@ -215,3 +215,19 @@ def test_cli_precision_flags(tmp_path):
         "fp8",
     )
     assert r.returncode == 2 and "--precision" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_region_paste_reproduces_the_models_masks():
+    """Drop-in for the model's own pasting: the same masks from the mask head's real logits."""
+    model, _ = load_model("synthetic-tiny")
+    img = _frame(2)
+    captured = []
+    hook = model.mask_head.register_forward_hook(lambda _m, _a, o: captured.append(o))
+    with torch.no_grad():
+        det = model.inference([img], [(300, 400)])[0]  # output larger than the network input
+    hook.remove()
+    logits = captured[0]
+    assert logits.shape[0] == len(det) > 0
+    padded = model.preprocess([img])[0].shape[-2:]
+    kw = {"factor": padded[0] // logits.shape[-2], "size": tuple(img.shape[-2:]), "out_size": (300, 400)}
+    assert torch.equal(paste_masks(logits.sigmoid(), **kw), det.masks)
