@@ -117,6 +117,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         device=args.device,
         progress=not args.quiet,
+        precision=args.precision,
     )
     _out(f"wrote {', '.join(map(str, r['written']))} ({r['tracks']} tracks, {r['videos']} videos)")
     if r["metrics"] is not None:
@@ -141,6 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         folder_fps=args.fps,
         export_format=args.format,
         export_dir=args.format_output,
+        precision=args.precision,
     )
     _out(
         f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
@@ -204,13 +206,30 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from crossvis.engine.benchmark import run_benchmark
 
     for line in run_benchmark(
-        args.weights, size=args.size, backbone=args.backbone, iters=args.iters, device=args.device
+        args.weights,
+        size=args.size,
+        backbone=args.backbone,
+        iters=args.iters,
+        device=args.device,
+        precision=args.precision,
+        compare=args.compare,
+        detections=args.detections,
+        stages=args.stages,
+        onnx=args.onnx,
+        compile_=args.compile,
+        json_path=args.json,
     ):
         _out(line)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from crossvis.engine.onnx_export import export_onnx
+
+        export_onnx(args.checkpoint, args.output)
+        _out(f"wrote {args.output}")
+        return 0
     from crossvis.engine.checkpoint import export_weights
 
     export_weights(args.checkpoint, args.output)

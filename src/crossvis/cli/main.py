@@ -48,6 +48,15 @@ def _add_weights(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32 (default), or bf16/fp16 autocast (CPU bf16 units, CUDA AMP)",
+    )
+
+
 def _add_overrides(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides {what}, key.sub=value"
@@ -146,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="results JSON to write")
     p.add_argument("--zip", action="store_true", help="also write the zip the evaluation servers accept")
     p.add_argument("--evaluate", action="store_true", help="evaluate when the JSON has annotations")
+    _add_precision(p)
     _add_overrides(p, "on top of the weights' config (e.g. test.tracker.hungarian=true)")
 
     p = sub.add_parser(
@@ -172,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="draw detections scored at least this (default 0.5, as detectron2's demo); the JSON keeps all",
     )
+    _add_precision(p)
     _add_overrides(p, "on top of the weights' config (e.g. model.fcos.inference_th_test=0.1)")
 
     p = sub.add_parser("train", parents=common, help="train a model from a YAML config")
@@ -213,14 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(p, required=False)
     p.add_argument("--size", default="360x640", help="input HxW (default 360x640)")
     p.add_argument("--backbone", default="", help="time a builder (resnet50 ...) with random weights instead")
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10, help="timed runs of each model (medians are reported)")
+    _add_precision(p)
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time torchvision Mask R-CNN and FCOS R50-FPN (random weights), interleaved",
+    )
+    p.add_argument(
+        "--detections", type=int, default=100, help="detections per image of every model (default 100)"
+    )
+    p.add_argument("--stages", action="store_true", help="per-stage breakdown, FLOPs, roofline, memory")
+    p.add_argument("--onnx", help="also time this exported .onnx with ONNX Runtime")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (reports compile cost)")
+    p.add_argument("--json", help="write the figures as JSON")
 
     p = sub.add_parser(
-        "export", parents=common, help="export weights (+config, class names) to one safetensors file"
+        "export",
+        parents=common,
+        help="export weights (+config, class names) to one safetensors file, or the network to ONNX",
     )
     p.set_defaults(func=c.cmd_export)
     p.add_argument("checkpoint", help="a training checkpoint or weights file")
     p.add_argument("--output", required=True)
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=("safetensors", "onnx"),
+        help="safetensors (default) or onnx (network + dynamic mask head, dynamic H and W; see docs/performance.md)",
+    )
 
     p = sub.add_parser(
         "convert", parents=common, help="convert official CrossVIS/CondInst detectron2 checkpoints"

@@ -23,11 +23,6 @@ def is_absent(seg) -> bool:
     return seg is None or (isinstance(seg, list | dict) and len(seg) == 0)
 
 
-def is_absent(seg) -> bool:
-    """Whether a per-frame segmentation says "not in this frame": null, or an empty list or mapping."""
-    return seg is None or (isinstance(seg, list | dict) and len(seg) == 0)
-
-
 def check_segmentation(seg, height: int, width: int, where: str, full: bool = False) -> None:
     """Structural check of one per-frame segmentation (cheap). ``full`` also checks RLE counts."""
     if is_absent(seg):

@@ -1,26 +1,32 @@
-"""``crossvis benchmark``: model-only speed (full inference and backbone+FPN alone) on random input."""
+"""``crossvis benchmark``: CrossVIS speed side by side with torchvision peers, in one process.
+
+Every timed model runs once per round, rounds interleaved (so a busy machine slows all of them alike), and
+the median of the rounds is reported. ``--compare`` adds torchvision Mask R-CNN R50-FPN and FCOS R50-FPN
+(random weights, score threshold 0 and the same detections-per-image cap). ``--stages`` adds a per-stage
+breakdown of one CrossVIS frame (decode .. encode, via forward hooks), FLOPs (``FlopCounterMode``) and their
+rate against a matmul roofline measured in the same run, and peak memory.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import platform
+import resource
+import statistics
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
+from crossvis.engine.precision import check_precision, network_autocast
 from crossvis.engine.predictor import resolve_device
 from crossvis.errors import CrossVISError
+from crossvis.io import atomic_write
 
-
-def _time(fn, iters: int, device: torch.device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
+BUILDERS = ("resnet50", "resnet101", "dla34")
 
 
 def device_name(device: torch.device) -> str:
@@ -29,23 +35,64 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_benchmark(
-    weights: str | None = None,
-    *,
-    size: str = "360x640",
-    backbone: str = "",
-    iters: int = 10,
-    device: str | None = None,
-) -> list[str]:
-    """Time full inference and backbone+FPN alone on random input; returns the report lines."""
-    from crossvis.modeling import builders
-    from crossvis.modeling.weights import load_model
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    dev = resolve_device(device)
+
+def _parse_size(size: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise CrossVISError("--size", f"expected HxW like 360x640, got {size!r}") from None
+    if not (32 <= h <= 4096 and 32 <= w <= 4096):
+        raise CrossVISError("--size", f"height and width must be 32..4096, got {size}")
+    return h, w
+
+
+def interleaved(fns: dict[str, Callable[[], object]], iters: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, one call of each per round (after one warm-up round)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(iters + 1):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def matmul_roofline(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """Measured FLOP/s of an n x n matmul (best of 3), the practical peak the models are compared against."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(4):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------------------------- models
+def _crossvis(weights: str | None, backbone: str, device: torch.device, detections: int):
+    """(model, label): a builder with random weights, or weights; score threshold off, top-``detections``."""
+    from crossvis.modeling import builders
+    from crossvis.modeling.weights import load_model
+
+    changes = ["model.fcos.inference_th_test=0.0", f"model.fcos.post_nms_topk_test={detections}"]
     if backbone:
         build = {
             "resnet50": builders.crossvis_r50,
@@ -53,23 +100,294 @@ def run_benchmark(
             "dla34": builders.crossvis_lite_dla34,
         }.get(backbone)
         if build is None:
-            raise CrossVISError("--backbone", "one of resnet50, resnet101, dla34")
-        model, name = build(num_identities=0).to(dev).eval(), f"crossvis ({backbone}, random weights)"
-        flag = f"--backbone {backbone}"
+            raise CrossVISError("--backbone", f"one of {', '.join(BUILDERS)}, got {backbone!r}")
+        torch.manual_seed(0)
+        model = build(num_identities=0, fcos__inference_th_test=0.0, fcos__post_nms_topk_test=detections)
+        return model.to(device).eval(), f"crossvis {backbone} (random weights)"
+    model, _ = load_model(weights or "synthetic-tiny", device, overrides=changes)
+    return model, f"crossvis ({weights or 'synthetic-tiny'})"
+
+
+def _torchvision(kind: str, device: torch.device, detections: int, size: tuple[int, int]):
+    import torchvision.models.detection as tvd
+
+    torch.manual_seed(0)
+    common = {"weights": None, "weights_backbone": None, "min_size": min(size), "max_size": max(size)}
+    if kind == "maskrcnn":
+        m = tvd.maskrcnn_resnet50_fpn(box_score_thresh=0.0, box_detections_per_img=detections, **common)
     else:
-        model, _ = load_model(weights or "synthetic-tiny", dev)
-        name = f"crossvis ({weights or 'synthetic-tiny'})"
-        flag = f"--weights {weights or 'synthetic-tiny'}"
-    img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-    x, _ = model.preprocess([img])
-    with torch.inference_mode():
-        full = _time(lambda: model.inference([img]), iters, dev)
-        trunk = _time(lambda: model.fpn(model.backbone(x)), iters, dev)
-    return [
-        f"command: crossvis benchmark {flag} --size {size} --iters {iters}",
-        f"model: {name}; input {h}x{w} (padded {tuple(x.shape[-2:])}); device: {device_name(dev)}; "
-        f"torch {torch.__version__}",
-        f"full inference (backbone, FPN, head, masks, post-processing): {1000 * full:.1f} ms/frame "
-        f"({1 / full:.2f} FPS)",
-        f"backbone + FPN alone: {1000 * trunk:.1f} ms/frame ({100 * trunk / full:.0f}% of the total)",
+        m = tvd.fcos_resnet50_fpn(score_thresh=0.0, detections_per_img=detections, **common)
+    return m.to(device).eval()
+
+
+def _n_dets(out) -> int:
+    if isinstance(out, list) and out and isinstance(out[0], dict):
+        return int(out[0]["scores"].numel())
+    return len(out[0])
+
+
+# ----------------------------------------------------------------------------------------------- stages
+@contextmanager
+def _module_timers(model, device: torch.device, sink: dict[str, float]):
+    """Accumulate the seconds spent in the model's parts (forward hooks) into ``sink``."""
+    parts = {
+        "backbone": model.backbone,
+        "fpn": model.fpn,
+        "towers": model.head,
+        "controller": model.controller,
+        "mask_branch": model.mask_branch,
+        "mask_head": model.mask_head,
+    }
+    handles, start = [], {}
+    for name, mod in parts.items():
+
+        def pre(_m, _a, name=name):
+            _sync(device)
+            start[name] = time.perf_counter()
+
+        def post(_m, _a, _o, name=name):
+            _sync(device)
+            sink[name] = sink.get(name, 0.0) + time.perf_counter() - start[name]
+
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def stage_breakdown(model, frame: np.ndarray, device: torch.device, precision: str, iters: int) -> dict:
+    """Median ms of each stage of one tracked frame: decode (JPEG of the frame), preprocess, the network's
+    parts, post-process (candidates, NMS, box scaling), masks (dynamic mask head + pasting), tracking,
+    encode (RLE of every mask)."""
+    from PIL import Image
+
+    from crossvis.data.masks import encode_mask
+    from crossvis.modeling.paste import paste_masks_full
+    from crossvis.tracking import OnlineTracker
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    runs: dict[str, list[float]] = {}
+    tracker = OnlineTracker()
+    for i in range(iters + 1):
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+        img = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        t["decode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x = torch.from_numpy(img.copy()).permute(2, 0, 1)
+        model.preprocess([x])
+        t["preprocess"] = time.perf_counter() - t0
+        parts: dict[str, float] = {}
+        captured = {}
+        hook = model.mask_head.register_forward_hook(
+            lambda _m, _a, o, captured=captured: captured.setdefault("logits", o)
+        )
+        with _module_timers(model, device, parts), network_autocast(model, device, precision):
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                det = model.inference([x], [img.shape[:2]])[0]
+            _sync(device)
+            total = time.perf_counter() - t0
+        hook.remove()
+        paste = 0.0
+        if "logits" in captured:
+            probs = captured["logits"].float().sigmoid()
+            padded = model.preprocess([x])[0].shape[-2:]
+            _sync(device)
+            t0 = time.perf_counter()
+            paste_masks_full(
+                probs, factor=padded[0] // probs.shape[-2], size=img.shape[:2], out_size=img.shape[:2]
+            )
+            _sync(device)
+            paste = time.perf_counter() - t0
+        t |= {k: parts.get(k, 0.0) for k in ("backbone", "fpn", "towers", "controller", "mask_branch")}
+        t["masks"] = parts.get("mask_head", 0.0) + paste
+        # the remainder of inference: normalisation, flattening, candidates, NMS, scaling (and the pasting,
+        # which is counted under masks)
+        t["post_process"] = max(0.0, total - sum(parts.values()) - paste)
+        det = det.to("cpu")
+        t0 = time.perf_counter()
+        tracker.update(i, det.boxes.float(), det.scores.float(), det.classes, det.embeddings.float())
+        t["tracking"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for m in det.masks.numpy():
+            encode_mask(m)
+        t["encode"] = time.perf_counter() - t0
+        if i:
+            for k, v in t.items():
+                runs.setdefault(k, []).append(v)
+    return {k: 1000 * statistics.median(v) for k, v in runs.items()}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def run_benchmark(
+    weights: str | None = None,
+    *,
+    size: str = "360x640",
+    backbone: str = "",
+    iters: int = 10,
+    device: str | None = None,
+    precision: str = "fp32",
+    compare: bool = False,
+    detections: int = 100,
+    stages: bool = False,
+    onnx: str | None = None,
+    compile_: bool = False,
+    json_path: str | None = None,
+) -> list[str]:
+    """Time CrossVIS (and peers) on one random frame; returns the report lines (and writes ``json_path``).
+
+    ``backbone`` may name several builders, comma-separated (``resnet50,dla34``): all are timed together.
+    """
+    dev = resolve_device(device)
+    check_precision(precision)
+    h, w = _parse_size(size)
+    if iters < 1 or detections < 1:
+        raise CrossVISError("--iters/--detections", "must be at least 1")
+    names = [b.strip() for b in backbone.split(",") if b.strip()] or [""]
+    models = {}
+    for b in names:
+        model, label = _crossvis(weights, b, dev, detections)
+        models[label] = model.to(memory_format=torch.channels_last)
+    main_label, main = next(iter(models.items()))
+    gen = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+    x, _ = main.preprocess([img])
+
+    def cv(m, prec: str = precision):
+        def run():
+            with network_autocast(m, dev, prec), torch.inference_mode():
+                return m.inference([img])
+
+        return run
+
+    fns: dict[str, Callable[[], object]] = {label: cv(m) for label, m in models.items()}
+    lines = [
+        "command: crossvis benchmark "
+        + " ".join(
+            [
+                f"--backbone {backbone}" if backbone else f"--weights {weights or 'synthetic-tiny'}",
+                f"--size {size} --iters {iters} --detections {detections} --precision {precision}",
+                *(["--compare"] if compare else []),
+                *(["--stages"] if stages else []),
+                *([f"--onnx {onnx}"] if onnx else []),
+                *(["--compile"] if compile_ else []),
+            ]
+        ),
+        f"input {h}x{w} (padded {tuple(x.shape[-2:])}); device: {device_name(dev)}; torch {torch.__version__}; "
+        f"crossvis in channels_last with the fused head, {precision}; peers in fp32",
     ]
+    ref = None
+    if precision == "fp32":
+        # the reference path: NCHW and the per-tower head (what the model did before the speed-ups)
+        ref = _crossvis(weights, names[0], dev, detections)[0]
+        ref.head._forward_fused = ref.head._forward_levels  # type: ignore[method-assign]
+        fns[f"{main_label} [reference: NCHW, unfused head]"] = cv(ref)
+    else:  # the same model in fp32, for the speed-up of the reduced precision
+        fns[f"{main_label} [fp32]"] = cv(main, "fp32")
+    if onnx:
+        from crossvis.engine.onnx_runtime import OnnxModel
+
+        changes = ["model.fcos.inference_th_test=0.0", f"model.fcos.post_nms_topk_test={detections}"]
+        om = OnnxModel(onnx, overrides=changes)
+        fns[f"{main_label} [ONNX Runtime]"] = lambda: om.inference([img])
+    compile_s = None
+    if compile_:
+        cm = _crossvis(weights, names[0], dev, detections)[0].to(memory_format=torch.channels_last)
+        cm._run = torch.compile(cm._run, dynamic=False)  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        cv(cm)()
+        compile_s = time.perf_counter() - t0
+        fns[f"{main_label} [torch.compile]"] = cv(cm)
+        lines.append(f"torch.compile: first call (compilation) {compile_s:.1f} s")
+    peers = {}
+    if compare:
+        for kind, label in (
+            ("maskrcnn", "torchvision Mask R-CNN R50-FPN"),
+            ("fcos", "torchvision FCOS R50-FPN"),
+        ):
+            peers[kind] = label
+            m = _torchvision(kind, dev, detections, (h, w))
+            xin = (img.float() / 255).to(dev)
+
+            def run(m=m, xin=xin):
+                with torch.inference_mode():
+                    return m([xin])
+
+            fns[label] = run
+    ndet = {k: _n_dets(fn()) for k, fn in fns.items()}
+    times = interleaved(fns, iters, dev)
+    lines.append(f"median of {iters} interleaved rounds (ms per frame, detections):")
+    base = times.get(peers.get("maskrcnn", ""), None)
+    for k, t in times.items():
+        ratio = f"  {t / base:.2f}x Mask R-CNN" if base else ""
+        lines.append(f"  {k}: {1000 * t:.1f} ms, {ndet[k]} detections{ratio}")
+    result = {
+        "crossvis_ms": 1000 * times[main_label],
+        "maskrcnn_ms": 1000 * times[peers["maskrcnn"]] if compare else None,
+        "fcos_ms": 1000 * times[peers["fcos"]] if compare else None,
+        "detections": ndet,
+        "precision": precision,
+        "device": device_name(dev),
+        "size": [h, w],
+        "iters": iters,
+        "models_ms": {k: 1000 * v for k, v in times.items()},
+        "compile_s": compile_s,
+        "stages": None,
+    }
+    if stages:
+        lines += _stage_lines(main, img, dev, precision, iters, result, fns, peers)
+    if json_path:
+        with atomic_write(json_path) as f:
+            json.dump(result, f, indent=1)
+        lines.append(f"wrote {json_path}")
+    return lines
+
+
+def _stage_lines(main, img, dev, precision, iters, result, fns, peers) -> list[str]:
+    frame = img.permute(1, 2, 0).numpy().copy()
+    st = stage_breakdown(main, frame, dev, precision, max(3, iters // 2))
+    result["stages"] = st
+    total = sum(st.values())
+    lines = [f"stages of one tracked frame (median ms; sum {total:.1f}):"]
+    lines += [f"  {k}: {v:.1f} ({100 * v / total:.1f}%)" for k, v in st.items()]
+    small = st["tracking"] + st["encode"] + st["post_process"]
+    lines.append(
+        f"  tracking + RLE + post-processing: {small:.1f} ms = {100 * small / total:.1f}% of the frame"
+    )
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    peak = matmul_roofline(dev, dtype)
+    result["roofline_gflops"] = peak / 1e9
+    lines.append(f"matmul roofline (2048^2, {precision}): {peak / 1e9:.0f} GFLOP/s")
+    result["flops"] = {}
+    for label, fn in fns.items():
+        if "ONNX" in label or "compile" in label:
+            continue
+        flops = count_flops(fn)
+        ms = result["models_ms"][label]
+        rate = flops / (ms / 1000)
+        result["flops"][label] = {
+            "gflop": flops / 1e9,
+            "gflops_per_s": rate / 1e9,
+            "of_roofline": rate / peak,
+        }
+        lines.append(
+            f"  {label}: {flops / 1e9:.1f} GFLOP, {rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of the roofline"
+        )
+    if dev.type == "cuda":
+        result["peak_memory_mb"] = {}
+        for label, fn in fns.items():
+            torch.cuda.reset_peak_memory_stats(dev)
+            fn()
+            result["peak_memory_mb"][label] = torch.cuda.max_memory_allocated(dev) / 2**20
+            lines.append(f"  peak CUDA memory, {label}: {result['peak_memory_mb'][label]:.0f} MiB")
+    else:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_memory_mb"] = rss
+        lines.append(f"peak resident memory of the process (all models loaded): {rss:.0f} MiB")
+    return lines

@@ -21,10 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def _predictor(
-    weights: str, config: str | None, overrides: list[str] | None, device: str | None
+    weights: str,
+    config: str | None,
+    overrides: list[str] | None,
+    device: str | None,
+    precision: str = "fp32",
 ) -> VideoPredictor:
     cfg = load_config(resolve_config_path(config)) if config else None
-    return VideoPredictor.from_weights(weights, device=device, config=cfg, overrides=overrides)
+    return VideoPredictor.from_weights(
+        weights, device=device, config=cfg, overrides=overrides, precision=precision
+    )
 
 
 def infer_videos(predictor: VideoPredictor, dataset: YTVISDataset, progress: bool = True) -> list[dict]:
@@ -59,14 +65,16 @@ def infer_dataset(
     overrides: list[str] | None = None,
     device: str | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict:
     """Every video of a dataset JSON -> the official results file (and zip); optionally evaluate it.
 
     ``overrides`` (``key.sub=value``) are layered over the weights' (or ``config``'s) config.
+    ``weights`` may be an exported ``.onnx`` file; ``precision``: fp32, bf16 or fp16 (autocast).
 
     Returns {"written": [paths], "tracks": n, "videos": n, "metrics": EvalResult or None}.
     """
-    predictor = _predictor(weights, config, overrides, device)
+    predictor = _predictor(weights, config, overrides, device, precision)
     ds = YTVISDataset(annotations, images)
     if not ds.videos:
         raise CrossVISError(annotations, "lists no videos: there is nothing to infer")
@@ -101,6 +109,7 @@ def predict_source(
     folder_fps: float = 10.0,
     export_format: str | None = None,
     export_dir: str | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """A video file, frame folder or webcam -> overlay mp4 (same frame rate and count) and tracks JSON.
 
@@ -113,7 +122,7 @@ def predict_source(
     from crossvis.engine.video_io import VideoWriter, open_source
     from crossvis.engine.visualize import draw_result
 
-    predictor = _predictor(weights, config, overrides, device)
+    predictor = _predictor(weights, config, overrides, device, precision)
     src = open_source(source, folder_fps)
     limit = max_frames or None
 

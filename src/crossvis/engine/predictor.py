@@ -16,6 +16,7 @@ from PIL import Image
 from crossvis.config import Config, TrackerConfig
 from crossvis.data.masks import encode_mask
 from crossvis.data.pairs import resize_shape
+from crossvis.engine.precision import check_precision, network_autocast
 from crossvis.errors import CrossVISError
 from crossvis.modeling.crossvis import CrossVIS
 from crossvis.modeling.weights import load_model
@@ -92,8 +93,12 @@ class VideoPredictor:
         class_names: name of each contiguous class (default "0", "1", ...).
         category_ids: the dataset category id of each class, for results files (default 1..C).
         tracker: tracker options (default: the config's ``test.tracker``, the official rule).
+        precision: ``fp32`` (default), ``bf16`` or ``fp16``: ``detect`` runs the dense network under
+            ``torch.autocast`` (see :func:`crossvis.engine.precision.network_autocast`); post-processing and
+            the detections stay float32.
 
-    Use :meth:`from_weights` for a shipped weight set or a ``.safetensors`` file.
+    The model may also be a :class:`~crossvis.engine.onnx_runtime.OnnxModel` (an exported network run by
+    ONNX Runtime, fp32 only). Use :meth:`from_weights` for a shipped weight set or a ``.safetensors`` file.
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class VideoPredictor:
         category_ids: list[int] | None = None,
         *,
         tracker: TrackerConfig | None = None,
+        precision: str = "fp32",
     ) -> None:
         if isinstance(model, str | os.PathLike):
             raise TypeError("VideoPredictor takes a model; use VideoPredictor.from_weights(path or name)")
@@ -111,6 +117,11 @@ class VideoPredictor:
         self.class_names = list(class_names or [str(i) for i in range(model.num_classes)])
         self.category_ids = list(category_ids or range(1, model.num_classes + 1))
         self.tracker_cfg = tracker or config.test.tracker
+        self.precision = check_precision(precision, "precision")
+        if precision != "fp32" and not isinstance(model, CrossVIS):
+            raise CrossVISError(
+                "precision", f"{precision} needs a PyTorch model (an ONNX graph runs in fp32)"
+            )
         self.model_seconds = 0.0
 
     @classmethod
@@ -122,15 +133,27 @@ class VideoPredictor:
         config: Config | None = None,
         overrides: list[str] | None = None,
         tracker: TrackerConfig | None = None,
+        precision: str = "fp32",
+        channels_last: bool = True,
     ) -> VideoPredictor:
-        """A predictor for a shipped weight-set name (``synthetic-tiny``) or a crossvis ``.safetensors`` file.
+        """A predictor for a shipped weight-set name (``synthetic-tiny``), a crossvis ``.safetensors`` file,
+        or an ``.onnx`` file written by ``crossvis export --format onnx`` (run by ONNX Runtime).
 
         ``config`` replaces the config stored with the weights; ``overrides`` (``key.sub=value``, e.g.
         ``test.tracker.hungarian=true``) are layered on top; ``device`` defaults to CUDA when available.
+        ``precision``: fp32, bf16 or fp16 (autocast). ``channels_last``: run the convolutions in NHWC memory
+        format (the same outputs to float tolerance; faster with oneDNN and cuDNN).
         """
         device = resolve_device(device)
-        model, w = load_model(weights, device, config, overrides)
-        return cls(model, w.config, w.class_names, w.category_ids, tracker=tracker)
+        if str(weights).endswith(".onnx"):
+            from crossvis.engine.onnx_runtime import load_onnx_model
+
+            model, w = load_onnx_model(weights, device, config, overrides)
+        else:
+            model, w = load_model(weights, device, config, overrides)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        return cls(model, w.config, w.class_names, w.category_ids, tracker=tracker, precision=precision)
 
     def with_tracker(self, **changes) -> VideoPredictor:
         """The same model with other tracker options, e.g. ``with_tracker(use_embedding=False)``."""
@@ -140,6 +163,7 @@ class VideoPredictor:
             self.class_names,
             self.category_ids,
             tracker=replace(self.tracker_cfg, **changes),
+            precision=self.precision,
         )
 
     def new_tracker(self) -> OnlineTracker:
@@ -158,7 +182,8 @@ class VideoPredictor:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        dets = self.model.inference(inputs, [f.shape[:2] for f in frames], self.cfg.test.mask_threshold)
+        with network_autocast(self.model, self.device, self.precision):
+            dets = self.model.inference(inputs, [f.shape[:2] for f in frames], self.cfg.test.mask_threshold)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.model_seconds += time.perf_counter() - t0

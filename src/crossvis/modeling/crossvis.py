@@ -20,7 +20,7 @@ from crossvis.modeling.criterion import IDENTITY_LOSSES, CrossVISCriterion, Fram
 from crossvis.modeling.fcos_head import FCOSHead
 from crossvis.modeling.fpn import FPN
 from crossvis.modeling.mask_branch import DynamicMaskHead, MaskBranch
-from crossvis.modeling.postprocess import Detections, ImageSize, PostProcessor
+from crossvis.modeling.postprocess import Detections, PostProcessor, image_sizes
 from crossvis.modeling.targets import compute_locations
 
 __all__ = ["CrossVIS", "Detections"]
@@ -179,7 +179,4 @@ class CrossVIS(nn.Module):
         Post-processing: :class:`~crossvis.modeling.postprocess.PostProcessor` (the official rule).
         """
         x, sizes = self.preprocess(images)
-        padded = tuple(x.shape[-2:])
-        outs = output_sizes or sizes
-        image_sizes = [ImageSize(padded, tuple(s), tuple(o)) for s, o in zip(sizes, outs)]
-        return self.postprocess(self.run(x), image_sizes, mask_threshold)
+        return self.postprocess(self.run(x), image_sizes(x, sizes, output_sizes), mask_threshold)

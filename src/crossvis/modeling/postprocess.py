@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
 from crossvis.config import FCOSConfig
 from crossvis.modeling.criterion import FrameOutputs
-from crossvis.modeling.mask_branch import DynamicMaskHead, aligned_bilinear
+from crossvis.modeling.mask_branch import DynamicMaskHead
+from crossvis.modeling.paste import paste_masks
 
 
 @dataclass
@@ -49,6 +49,15 @@ class ImageSize:
     padded: tuple[int, int]
     resized: tuple[int, int]
     output: tuple[int, int]
+
+
+def image_sizes(
+    x: torch.Tensor, sizes: list[tuple[int, int]], output_sizes: list[tuple[int, int]] | None
+) -> list[ImageSize]:
+    """The :class:`ImageSize` of each image of a padded (B, 3, H, W) batch: ``sizes`` (h, w) of the content,
+    ``output_sizes`` the original images (default: the content sizes)."""
+    padded = (int(x.shape[-2]), int(x.shape[-1]))
+    return [ImageSize(padded, tuple(s), tuple(o)) for s, o in zip(sizes, output_sizes or sizes)]
 
 
 @dataclass
@@ -134,7 +143,9 @@ class PostProcessor:
         self, out: FrameOutputs, i: int, loc: torch.Tensor, *, size: ImageSize, mask_threshold: float
     ) -> torch.Tensor:
         """(N,) kept locations of image ``i`` -> (N, H, W) bool masks at the original size: stride-4
-        probabilities of the padded input -> padded size -> crop -> original size -> threshold."""
+        probabilities of the padded input -> padded size -> crop -> original size -> threshold, computed only
+        inside each instance's region (:func:`~crossvis.modeling.paste.paste_masks`; the same masks as
+        doing it over the whole image)."""
         logits = self.mask_head(
             out.mask_feats,
             self.mask_stride,
@@ -143,11 +154,13 @@ class PostProcessor:
             levels=out.levels[loc],
             im_inds=torch.full_like(loc, i),
         )
-        probs = aligned_bilinear(logits.sigmoid()[:, None], size.padded[0] // logits.shape[-2])
-        probs = probs[:, :, : size.resized[0], : size.resized[1]]
-        if tuple(size.output) != tuple(size.resized):
-            probs = F.interpolate(probs, size=tuple(size.output), mode="bilinear", align_corners=False)
-        return probs[:, 0] > mask_threshold
+        return paste_masks(
+            logits.sigmoid(),
+            factor=size.padded[0] // logits.shape[-2],
+            size=size.resized,
+            out_size=size.output,
+            threshold=mask_threshold,
+        )
 
 
 def _rescale_boxes(boxes: torch.Tensor, size: ImageSize) -> torch.Tensor:
