@@ -150,14 +150,11 @@ def render_video(p: SynthParams, index: int) -> tuple[list[np.ndarray], list[dic
     objs = _make_objects(rng, p, length=length, h=h, w=w)
     light = prepare_appearance(p, index, objs, length=length, h=h, w=w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    scene = _Scene(bg=bg, pan=pan, objs=objs, xx=xx, yy=yy, length=length)
+    scene = Scene(bg=bg, pan=pan, objs=objs, xx=xx, yy=yy, length=length)
     frames, masks = [], [[None] * length for _ in objs]
     offsets = exposure_offsets(p)
     for t in range(length):
-        shots = [_render_at(scene, t=t, time=t + dt) for dt in offsets]
-        img, visible = shots[len(shots) // 2]  # masks: the mid-exposure position
-        if len(shots) > 1:
-            img = np.mean([s[0] for s in shots], axis=0)
+        img, visible = render_frame(scene, t=t, offsets=offsets)
         if light is not None:
             img = apply_lighting(img, light, t=t, length=length, xx=xx, yy=yy)
         for k in range(len(objs)):
@@ -173,7 +170,7 @@ def render_video(p: SynthParams, index: int) -> tuple[list[np.ndarray], list[dic
 
 
 @dataclass
-class _Scene:
+class Scene:
     """One video's fixed parts: background canvas (2H, 2W, 3), camera pan (2,) per frame, objects, pixel
     grids (H, W) and the number of frames."""
 
@@ -207,7 +204,17 @@ def object_mask(o: dict, time: float, *, xx: np.ndarray, yy: np.ndarray, length:
     return _shape_mask(SHAPES[o["cls"]], gx, gy, cx=x, cy=y, r=max(r, 3.0), angle=angle)
 
 
-def _render_at(scene: _Scene, *, t: int, time: float) -> tuple[np.ndarray, np.ndarray]:
+def render_frame(scene: Scene, *, t: int, offsets: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``t`` exposed over sub-frame times ``t + offsets`` (odd count, middle 0): the (H, W, 3) float
+    mean of the sub-frames, and the (H, W) front-most object index of the middle one (mid-exposure)."""
+    shots = [_render_at(scene, t=t, time=t + dt) for dt in offsets]
+    img, visible = shots[len(shots) // 2]
+    if len(shots) > 1:
+        img = np.mean([s[0] for s in shots], axis=0)
+    return img, visible
+
+
+def _render_at(scene: Scene, *, t: int, time: float) -> tuple[np.ndarray, np.ndarray]:
     """Frame ``t``'s picture at ``time`` (a sub-frame time with motion blur): (H, W, 3) float image and the
     (H, W) index of the front-most object per pixel (-1: background)."""
     h, w = scene.xx.shape
