@@ -27,7 +27,9 @@ import hashlib
 import json
 import os
 import shlex
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -262,6 +264,9 @@ def report_lines(records: list[dict]) -> list[str]:
         cells = [summary([t[tracker][k] for t in common.values()], k) for k in ("AP", "id_switches")]
         idx = {i: key for i, key in enumerate(common)}
         for k in ("AP", "id_switches"):
+            if tracker == "official":
+                cells.append("(reference)")
+                continue
             cells.append(
                 paired(
                     {i: common[idx[i]]["official"][k] for i in idx},
@@ -274,16 +279,15 @@ def report_lines(records: list[dict]) -> list[str]:
         "",
         "### Every run (official tracker)",
         "",
-        "| row | seed | iterations | threads | train min | " + " | ".join(METRICS) + " |",
-        "|---|---|---|---|---|" + "---|" * len(METRICS),
+        "| row | seed | iterations | threads | train min | eval min | " + " | ".join(METRICS) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(METRICS),
     ]
     for r in records:
         m = r["trackers"]["official"]
         vals = [str(m[k]) if k == "id_switches" else f"{m[k] * 100:.1f}" for k in METRICS]
         lines.append(
             f"| {r['row']} | {r['seed']} | {r['iters']} | {r['threads']} | {r['train_minutes']} | "
-            + " | ".join(vals)
-            + " |"
+            f"{r.get('eval_minutes', '—')} | " + " | ".join(vals) + " |"
         )
     lines += ["", "Commands (run through `python -m crossvis.cli.main`):", ""]
     lines += sorted({f"- `{r['command']}`" for r in records})
@@ -307,6 +311,23 @@ def write_report(path: Path, records: list[dict]) -> None:
 # -------------------------------------------------------------------------------------------------- main
 
 
+def check_settings(args: argparse.Namespace, out: Path) -> None:
+    """Record the splits' and pretraining's settings in OUT/settings.json on the first call; later calls
+    with other settings stop (the data and the pretrained model in OUT were made with the first ones)."""
+    settings = {"splits": splits(args), "pretrain_iters": args.pretrain_iters}
+    path = out / "settings.json"
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=1))
+        return
+    old = json.loads(path.read_text())
+    if old != settings:
+        sys.exit(
+            f"{path}: this study's data and pretrained model were made with other settings\n"
+            f"  there: {json.dumps(old)}\n  now:   {json.dumps(settings)}\n"
+            "use another --out for a study with new settings"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pretrain-iters", type=int, default=4000)
@@ -328,6 +349,7 @@ def main() -> None:
         ap.error(f"unknown rows: {', '.join(unknown)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_settings(args, out)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     torch.set_num_threads(threads)
     if not pretrained(out).is_file():
@@ -353,7 +375,9 @@ def main() -> None:
         name, seed = job
         cmd = row_command(args, name, seed, out)
         minutes = run_train(cmd, threads)
+        t0 = time.perf_counter()
         trackers = track_all(run_dir(out, name, seed) / "model_final.safetensors", out)
+        eval_minutes = (time.perf_counter() - t0) / 60
         record = {
             "row": name,
             "seed": seed,
@@ -361,6 +385,7 @@ def main() -> None:
             "pretrain": stamp,
             "threads": threads,
             "train_minutes": round(minutes, 2),
+            "eval_minutes": round(eval_minutes, 2),
             "command": shlex.join(cmd),
             "trackers": trackers,
         }
