@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{name.replace('_', '-')}",
             type=float,
             metavar="STRENGTH",
-            help=f"{what} (overrides the above)",
+            help=f"{what} (overrides --appearance-change)",
         )
 
     p = sub.add_parser("evaluate", parents=common, help="official YouTube-VIS AP of a results file")
