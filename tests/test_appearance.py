@@ -259,3 +259,14 @@ def test_one_frame_videos_are_still_samples(tmp_path):
 def test_each_option_changes_the_frames(name):
     (f0, _, _), (f1, _, _) = _pair(name, 2)
     assert len(f0) == len(f1) and any(not np.array_equal(a, b) for a, b in zip(f0, f1))
+
+
+def test_entry_scale_with_motion_blur_has_no_full_size_ghost_at_entry():
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    objs = [_square(start=3, growth=0.0, spin=0.0)]
+    prepare_appearance(replace(BASE, entry_scale=1.0), 0, objs, length=8, h=H, w=W)
+    full = object_mask(objs[0], 7.0, xx=xx, yy=yy, length=8).sum()
+    offsets = exposure_offsets(replace(BASE, motion_blur=1.0))
+    areas = [object_mask(objs[0], 3.0 + dt, xx=xx, yy=yy, length=8).sum() for dt in offsets]
+    assert max(areas) < 0.5 * full  # every sub-frame of the entry frame is small, none full-size
+    assert areas == sorted(areas)  # and it grows through the exposure

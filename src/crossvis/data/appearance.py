@@ -168,10 +168,15 @@ def entry_factor(o: dict, t: float) -> float:
     e = o.get("entry")
     if e is None:
         return 1.0
-    since = [t - x for x in e["times"] if x <= t]
-    if not since or min(since) >= ENTRY_RAMP:
+    # the latest entry up to half a frame ahead: sub-frames of a motion-blurred entry frame (times t - 0.5 ..
+    # t + 0.5) all belong to that entry, and start small
+    past = [x for x in e["times"] if x <= t + 0.5]
+    if not past:
+        return e["from"]
+    since = max(0.0, t - max(past))
+    if since >= ENTRY_RAMP:
         return 1.0
-    return e["from"] + (1 - e["from"]) * min(since) / ENTRY_RAMP
+    return e["from"] + (1 - e["from"]) * since / ENTRY_RAMP
 
 
 def deform_grid(
