@@ -69,6 +69,11 @@ COUNTS = {"id_switches", "id_switches_iou_only"}  # integers; the rest are fract
 VAL = {"videos": 30, "frames": 12, "seed": 1000, "height": 192, "width": 256}
 
 
+def flow(d: dict) -> str:
+    """A flat mapping as a YAML flow mapping for a ``key={...}`` override."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in d.items()) + "}"
+
+
 def run_dir(out: Path, name: str, seed: int) -> Path:
     """Where one run's checkpoints, log and final weights go."""
     return out / "runs" / f"{name}_seed{seed}"
@@ -79,8 +84,11 @@ def val_split(out: Path) -> tuple[Path, Path]:
     return out / "val" / "annotations.json", out / "val" / "JPEGImages"
 
 
-def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
-    """The `crossvis train` command line of one run."""
+def train_command(
+    name: str, seed: int, iters: int, out: Path, *, val: dict | None = None, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The `crossvis train` command line of one run; ``val`` replaces the validation split's synth settings
+    (VAL), ``extra`` overrides are appended (benchmarks/paper_setting.py: other splits, a pretrained start)."""
     cross, ident, region = ROWS[name]
     val_json, val_images = val_split(out)
     overrides = [
@@ -92,9 +100,10 @@ def train_command(name: str, seed: int, iters: int, out: Path) -> list[str]:
         f"model.crossvis.sample_region={region}",
         f"data.val_json={val_json}",
         f"data.val_images={val_images}",
-        "data.synth_val={" + ", ".join(f"{k}: {v}" for k, v in VAL.items()) + "}",
+        "data.synth_val=" + flow(val or VAL),
         "test.eval_period=0",
         f"solver.checkpoint_period={iters}",
+        *extra,
     ]
     return [
         "crossvis",
@@ -119,13 +128,18 @@ def evaluate_run(name: str, seed: int, out: Path, use_embedding: bool):
     return evaluate(ds, infer_videos(predictor, ds, progress=False))
 
 
-def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
-    cmd = train_command(name, seed, iters, out)
+def run_train(cmd: list[str], threads: int) -> float:
+    """Run a `crossvis train` command line (as ``python -m crossvis.cli.main -q``); its wall time in minutes."""
     # Several runs can share the machine (--jobs); each gets its share of the cores.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "crossvis.cli.main", "-q", *cmd[1:]], check=True, env=env)
-    minutes = (time.perf_counter() - t0) / 60
+    return (time.perf_counter() - t0) / 60
+
+
+def run_row(name: str, seed: int, iters: int, out: Path, threads: int) -> dict:
+    cmd = train_command(name, seed, iters, out)
+    minutes = run_train(cmd, threads)
     r = evaluate_run(name, seed, out, use_embedding=True)
     return {
         "row": name,

@@ -99,6 +99,13 @@ class SynthConfig:
     num_classes: int = 5
     difficulty: float = 1.0  # 0 easy .. 2 hard: objects, speed, clutter, gaps
     compressed_rle: bool = False  # write compressed (string) RLE instead of uncompressed counts
+    # Appearance change (crossvis.data.appearance): strengths, 0 = off, 1 = documented; x (0.5 + 0.5 difficulty)
+    lighting_drift: float = 0.0  # brightness, tint and a light gradient drift over the clip
+    color_drift: float = 0.0  # each object's texture and colours drift
+    deformation: float = 0.0  # non-rigid outline wobble and squash/stretch
+    motion_blur: float = 0.0  # exposure over sub-frames; masks at mid-exposure
+    entry_scale: float = 0.0  # entering objects grow from small to full size
+    lookalikes: float = 0.0  # extra objects of an existing class with close colours
 
 
 @dataclass

@@ -17,8 +17,12 @@ def _out(line: str = "") -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from crossvis.data.appearance import APPEARANCE_OPTIONS, appearance_strengths
     from crossvis.data.synthetic import SynthParams, generate
 
+    strengths = appearance_strengths(
+        args.appearance_change, {k: getattr(args, k) for k in APPEARANCE_OPTIONS}
+    )
     p = SynthParams(
         videos=args.videos,
         frames=args.frames,
@@ -28,6 +32,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         num_classes=args.classes,
         difficulty=args.difficulty,
         compressed_rle=args.compressed_rle,
+        **strengths,
     )
     s = generate(args.out_dir, p)
     _out(f"wrote {args.out_dir}/annotations.json and {s['frames']} frames in {args.out_dir}/JPEGImages")

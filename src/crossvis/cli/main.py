@@ -19,6 +19,16 @@ import threading
 
 from crossvis.errors import CrossVISError, Interrupted
 
+#: `crossvis synth` appearance-change flags (crossvis.data.appearance.APPEARANCE_OPTIONS, kept import-free)
+APPEARANCE_HELP = {
+    "lighting_drift": "brightness, tint and light gradient drift over the clip",
+    "color_drift": "each object's texture and colours drift",
+    "deformation": "non-rigid outline wobble and squash/stretch",
+    "motion_blur": "motion blur (masks at mid-exposure)",
+    "entry_scale": "entering objects grow from small to full size",
+    "lookalikes": "look-alike distractors: extra objects of a present class with close colours",
+}
+
 log = logging.getLogger("crossvis")
 
 
@@ -82,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="output folder (JPEGImages/ and annotations.json are written there)")
     p.add_argument("--videos", type=int, default=60, help="number of videos (default 60)")
     p.add_argument(
-        "--frames", type=int, default=12, help="frames per video; lengths vary around it (default 12)"
+        "--frames",
+        type=int,
+        default=12,
+        help="frames per video; lengths vary around it (default 12; 1: still images)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=192)
@@ -90,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=5, help="number of object classes, 1-8 (default 5)")
     p.add_argument("--difficulty", type=float, default=1.0, help="0 easy .. 2 hard (default 1.0)")
     p.add_argument("--compressed-rle", action="store_true", help="write compressed (string) RLE")
+    p.add_argument(
+        "--appearance-change",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=0.0,
+        metavar="STRENGTH",
+        help="turn every appearance-change option on (strength 1 without a value; 0 = off, the default)",
+    )
+    for name, what in APPEARANCE_HELP.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            metavar="STRENGTH",
+            help=f"{what} (overrides --appearance-change)",
+        )
 
     p = sub.add_parser("evaluate", parents=common, help="official YouTube-VIS AP of a results file")
     p.set_defaults(func=c.cmd_evaluate)

@@ -12,13 +12,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from crossvis.config import SynthConfig
+from crossvis.data.appearance import (
+    APPEARANCE_OPTIONS,
+    apply_lighting,
+    deform_grid,
+    entry_factor,
+    exposure_offsets,
+    object_pixels,
+    prepare_appearance,
+)
 from crossvis.data.masks import encode_mask, encode_uncompressed, mask_to_box
+from crossvis.data.synth_texture import draw_texture_spec, paint_texture
 from crossvis.errors import CrossVISError
 from crossvis.io import atomic_write
 from crossvis.limits import MAX_FRAMES, MAX_SIDE, MAX_VIDEOS, pixels_ok
@@ -63,23 +74,6 @@ def _shape_mask(
     raise ValueError(shape)
 
 
-def _texture(rng: np.random.Generator, h: int, w: int, kind: int) -> np.ndarray:
-    """(h, w, 3) float texture in [0, 255]: stripes, checks, dots or smooth blend of two colours."""
-    c1, c2 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    period = rng.uniform(4, 10)
-    a = rng.uniform(0, math.pi)
-    if kind == 0:
-        t = (np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period) > 0).astype(np.float32)
-    elif kind == 1:
-        t = ((xx // period + yy // period) % 2).astype(np.float32)
-    elif kind == 2:
-        t = ((np.sin(xx * 2 * math.pi / period) * np.sin(yy * 2 * math.pi / period)) > 0.3).astype(np.float32)
-    else:
-        t = (0.5 + 0.5 * np.sin(xx / (period * 2) + a) * np.cos(yy / (period * 2))).astype(np.float32)
-    return c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
-
-
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A large (2h, 2w) textured background canvas that the camera pans over."""
     H, W = 2 * h, 2 * w
@@ -112,18 +106,24 @@ def _make_objects(rng: np.random.Generator, p: SynthParams, *, length: int, h: i
             gap = (g0, g0 + int(rng.integers(1, 3)))  # leaves, then comes back
         elif u < 0.38 * (0.5 + d / 2) and length > 4:
             stop = int(rng.integers(length // 2, length))  # leaves early
+        # drawn in this order (the data of every existing seed depends on it)
+        cls = int(pool[k % len(pool)] if rng.uniform() < 0.7 else rng.integers(p.num_classes))
+        x, y = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+        angle, spin = rng.uniform(0, 2 * math.pi), rng.uniform(-0.15, 0.15)
+        spec = draw_texture_spec(rng, int(rng.integers(4)))
         objs.append(
             {
-                "cls": int(pool[k % len(pool)] if rng.uniform() < 0.7 else rng.integers(p.num_classes)),
-                "x": rng.uniform(0.15, 0.85) * w,
-                "y": rng.uniform(0.15, 0.85) * h,
+                "cls": cls,
+                "x": x,
+                "y": y,
                 "vx": speed * math.cos(ang),
                 "vy": speed * math.sin(ang),
                 "r0": r0,
                 "growth": growth,
-                "angle": rng.uniform(0, 2 * math.pi),
-                "spin": rng.uniform(-0.15, 0.15),
-                "tex": _texture(rng, h, w, int(rng.integers(4))),
+                "angle": angle,
+                "spin": spin,
+                "tex": paint_texture(spec, h, w),
+                "tex_spec": spec,
                 "z": rng.uniform(),
                 "start": start,
                 "stop": stop,
@@ -138,44 +138,99 @@ def render_video(p: SynthParams, index: int) -> tuple[list[np.ndarray], list[dic
 
     Returns:
         frames: T arrays (H, W, 3) uint8 RGB.
-        objects: per object {"cls": int, "masks": list of T (H, W) bool arrays or None}.
+        objects: per object {"cls": int, "masks": list of T (H, W) bool arrays or None,
+            "lookalike_of": index of the object it copies (look-alike distractors) or None}.
         size: (H, W).
     """
     rng = np.random.default_rng([p.seed, index])
-    length = max(2, int(round(p.frames * rng.uniform(0.75, 1.25))))
+    length = max(min(2, p.frames), int(round(p.frames * rng.uniform(0.75, 1.25))))  # frames=1: stills
     scale = rng.choice([0.75, 0.875, 1.0])
     h, w = int(p.height * scale) // 2 * 2, int(p.width * scale) // 2 * 2
     bg = _background(rng, h, w)
     pan = rng.uniform(-1, 1, 2) * (0.5 + p.difficulty) * 2
     objs = _make_objects(rng, p, length=length, h=h, w=w)
+    light = prepare_appearance(p, index, objs, length=length, h=h, w=w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    scene = Scene(bg=bg, pan=pan, objs=objs, xx=xx, yy=yy, length=length)
     frames, masks = [], [[None] * length for _ in objs]
-    order = np.argsort([o["z"] for o in objs])  # painted back to front
+    offsets = exposure_offsets(p)
     for t in range(length):
-        ox = int(np.clip(w / 2 + pan[0] * t, 0, w))
-        oy = int(np.clip(h / 2 + pan[1] * t, 0, h))
-        img = bg[oy : oy + h, ox : ox + w].copy()
-        visible = np.full((h, w), -1, dtype=np.int32)  # index of the front-most object per pixel
-        for k in order:
-            o = objs[k]
-            if t < o["start"] or t >= o["stop"] or (o["gap"] and o["gap"][0] <= t < o["gap"][1]):
-                continue
-            x, y = o["x"] + o["vx"] * t, o["y"] + o["vy"] * t
-            # bounce off a margin so objects stay mostly inside, but may be cut by the border
-            x = _bounce(x, -0.1 * w, 1.1 * w)
-            y = _bounce(y, -0.1 * h, 1.1 * h)
-            r = o["r0"] * (1 + o["growth"] * t / max(1, length - 1))
-            angle = o["angle"] + o["spin"] * t
-            m = _shape_mask(SHAPES[o["cls"]], xx, yy, cx=x, cy=y, r=max(r, 3.0), angle=angle)
-            img[m] = o["tex"][m]
-            visible[m] = k
+        img, visible = render_frame(scene, t=t, offsets=offsets)
+        if light is not None:
+            img = apply_lighting(img, light, t=t, length=length, xx=xx, yy=yy)
         for k in range(len(objs)):
             m = visible == k
             if m.sum() >= MIN_VISIBLE_PIXELS:
                 masks[k][t] = m
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
-    objects = [{"cls": o["cls"], "masks": masks[k]} for k, o in enumerate(objs)]
+    objects = [
+        {"cls": o["cls"], "masks": masks[k], "lookalike_of": o.get("lookalike_of")}
+        for k, o in enumerate(objs)
+    ]
     return frames, objects, np.array([h, w])
+
+
+@dataclass
+class Scene:
+    """One video's fixed parts: background canvas (2H, 2W, 3), camera pan (2,) per frame, objects, pixel
+    grids (H, W) and the number of frames."""
+
+    bg: np.ndarray
+    pan: np.ndarray
+    objs: list[dict]
+    xx: np.ndarray
+    yy: np.ndarray
+    length: int
+
+    def __post_init__(self) -> None:
+        self.order = np.argsort([o["z"] for o in self.objs])  # painted back to front
+
+
+def _present(o: dict, t: int) -> bool:
+    return not (t < o["start"] or t >= o["stop"] or (o["gap"] and o["gap"][0] <= t < o["gap"][1]))
+
+
+def object_mask(o: dict, time: float, *, xx: np.ndarray, yy: np.ndarray, length: int) -> np.ndarray:
+    """(H, W) bool: the whole (unoccluded) shape of object ``o`` at ``time`` (in frames, may be fractional)."""
+    h, w = xx.shape
+    x, y = o["x"] + o["vx"] * time, o["y"] + o["vy"] * time
+    # bounce off a margin so objects stay mostly inside, but may be cut by the border
+    x = _bounce(x, -0.1 * w, 1.1 * w)
+    y = _bounce(y, -0.1 * h, 1.1 * h)
+    r = o["r0"] * (1 + o["growth"] * time / max(1, length - 1))
+    if "entry" in o:
+        r *= entry_factor(o, time)
+    angle = o["angle"] + o["spin"] * time
+    gx, gy = (xx, yy) if "deform" not in o else deform_grid(o, xx, yy, cx=x, cy=y, t=time)
+    return _shape_mask(SHAPES[o["cls"]], gx, gy, cx=x, cy=y, r=max(r, 3.0), angle=angle)
+
+
+def render_frame(scene: Scene, *, t: int, offsets: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``t`` exposed over sub-frame times ``t + offsets`` (odd count, middle 0): the (H, W, 3) float
+    mean of the sub-frames, and the (H, W) front-most object index of the middle one (mid-exposure)."""
+    shots = [_render_at(scene, t=t, time=t + dt) for dt in offsets]
+    img, visible = shots[len(shots) // 2]
+    if len(shots) > 1:
+        img = np.mean([s[0] for s in shots], axis=0)
+    return img, visible
+
+
+def _render_at(scene: Scene, *, t: int, time: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``t``'s picture at ``time`` (a sub-frame time with motion blur): (H, W, 3) float image and the
+    (H, W) index of the front-most object per pixel (-1: background)."""
+    h, w = scene.xx.shape
+    ox = int(np.clip(w / 2 + scene.pan[0] * time, 0, w))
+    oy = int(np.clip(h / 2 + scene.pan[1] * time, 0, h))
+    img = scene.bg[oy : oy + h, ox : ox + w].copy()
+    visible = np.full((h, w), -1, dtype=np.int32)
+    for k in scene.order:
+        o = scene.objs[k]
+        if not _present(o, t):
+            continue
+        m = object_mask(o, time, xx=scene.xx, yy=scene.yy, length=scene.length)
+        img[m] = object_pixels(o, m, t=t, length=scene.length)
+        visible[m] = k
+    return img, visible
 
 
 def _bounce(v: float, lo: float, hi: float) -> float:
@@ -230,6 +285,12 @@ def _write_video(
     return video, annotations, stats
 
 
+def params_record(p: SynthParams) -> dict:
+    """The settings stored in annotations.json: every field, except appearance options that are off (so that
+    data made before those options existed is reproduced byte for byte)."""
+    return {k: v for k, v in vars(p).items() if not (k in APPEARANCE_OPTIONS and v == 0)}
+
+
 def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
     """Write ``out_dir/JPEGImages/<video>/<frame>.jpg`` and ``out_dir/annotations.json``.
 
@@ -238,12 +299,17 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
     p = params or SynthParams()
     if not 1 <= p.num_classes <= len(SHAPES):
         raise CrossVISError("--classes", f"must be between 1 and {len(SHAPES)}")
-    if p.videos < 1 or p.frames < 2 or p.height < 32 or p.width < 32:
-        raise CrossVISError("synth", "need videos >= 1, frames >= 2 and a size of at least 32x32")
+    if p.videos < 1 or p.frames < 1 or p.height < 32 or p.width < 32:
+        raise CrossVISError("synth", "need videos >= 1, frames >= 1 and a size of at least 32x32")
     if not pixels_ok(p.height, p.width) or p.frames > MAX_FRAMES or p.videos > MAX_VIDEOS:
         raise CrossVISError(
             "synth", f"beyond the limits: sides <= {MAX_SIDE}, {MAX_FRAMES} frames, {MAX_VIDEOS} videos"
         )
+    for name in APPEARANCE_OPTIONS:
+        if not 0 <= getattr(p, name) <= 4:
+            raise CrossVISError(
+                f"--{name.replace('_', '-')}", f"must be between 0 and 4, got {getattr(p, name)}"
+            )
     out = Path(out_dir)
     enc = encode_mask if p.compressed_rle else encode_uncompressed
     videos, annotations, stats = [], [], []
@@ -257,7 +323,7 @@ def generate(out_dir: str | Path, params: SynthParams | None = None) -> dict:
         stats.append(st)
     categories = [{"id": c + 1, "name": SHAPES[c], "supercategory": "shape"} for c in range(p.num_classes)]
     data = {
-        "info": {"description": "crossvis synthetic YouTube-VIS", "seed": p.seed, "params": vars(p)},
+        "info": {"description": "crossvis synthetic YouTube-VIS", "seed": p.seed, "params": params_record(p)},
         "licenses": [],
         "videos": videos,
         "categories": categories,
