@@ -25,7 +25,7 @@ def _run(model, x, fused: bool):
         if not fused:
             head._forward_fused = head._forward_levels  # the reference path in eval mode
         try:
-            flat, mask_feats, _, _ = model._run(x)
+            flat, mask_feats, _ = model.network(x)
         finally:
             head.__dict__.pop("_forward_fused", None)
     return flat, mask_feats

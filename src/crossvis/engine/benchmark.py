@@ -299,7 +299,7 @@ def run_benchmark(
     compile_s = None
     if compile_:
         cm = _crossvis(weights, names[0], dev, detections)[0].to(memory_format=torch.channels_last)
-        cm._run = torch.compile(cm._run, dynamic=False)  # type: ignore[method-assign]
+        cm.network = torch.compile(cm.network, dynamic=False)  # type: ignore[method-assign]
         t0 = time.perf_counter()
         cv(cm)()
         compile_s = time.perf_counter() - t0

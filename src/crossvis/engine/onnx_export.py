@@ -50,13 +50,8 @@ class FrameNetwork(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m = self.model
-        feats = m.fpn(m.backbone(image))
-        mask_feats = m.mask_branch(feats)
-        out = m.head(feats)
-        flat = [m._flatten(out[k]) for k in ("logits", "bbox_reg", "ctrness")]
-        params = m._flatten([m.controller(t) for t in out["box_tower"]])
-        return (*flat, params, m._flatten(out["embedding"]), mask_feats)
+        flat, mask_feats, _ = self.model.network(image)
+        return (*(flat[k] for k in NETWORK_OUTPUTS[:-1]), mask_feats)
 
 
 class MaskHeadGraph(nn.Module):

@@ -23,10 +23,11 @@ import yaml
 from torch import nn
 
 from crossvis.config import Config, apply_overrides, config_from_dict
+from crossvis.engine.onnx_export import NETWORK_OUTPUTS
 from crossvis.errors import CrossVISError
 from crossvis.modeling.criterion import FrameOutputs
 from crossvis.modeling.postprocess import PostProcessor, image_sizes
-from crossvis.modeling.targets import compute_locations
+from crossvis.modeling.targets import level_locations
 from crossvis.modeling.weights import LoadedWeights
 
 
@@ -129,27 +130,27 @@ class OnnxModel:
     def run(self, x: torch.Tensor) -> FrameOutputs:
         """The model's :meth:`~crossvis.modeling.crossvis.CrossVIS.run` contract: normalised (B, 3, H, W) ->
         :class:`FrameOutputs` (flattened head outputs, mask features, locations and their levels)."""
-        names = ("logits", "bbox_reg", "ctrness", "params", "embedding", "mask_feats")
         per_image = [
             self.session.run(None, {"image": x[i : i + 1].float().contiguous().numpy()})
             for i in range(x.shape[0])
         ]
-        outs = {k: torch.from_numpy(np.concatenate([o[j] for o in per_image])) for j, k in enumerate(names)}
+        outs = {
+            k: torch.from_numpy(np.concatenate([o[j] for o in per_image]))
+            for j, k in enumerate(NETWORK_OUTPUTS)
+        }
         mask_feats = outs.pop("mask_feats")
         H, W = x.shape[-2:]
-        locs, levels = [], []
-        h, w = H, W
-        for lvl, s in enumerate(self.strides):
+        sizes, h, w = [], H, W
+        for lvl, s in enumerate(self.strides):  # P3-P5 from the backbone strides, P6-P7 by stride-2 convs
             h, w = (H // s, W // s) if lvl < 3 else (math.ceil(h / 2), math.ceil(w / 2))
-            loc = compute_locations(h, w, s, x.device)
-            locs.append(loc)
-            levels.append(torch.full((loc.shape[0],), lvl, dtype=torch.long))
+            sizes.append((h, w))
+        locations, levels = level_locations(sizes, self.strides, x.device)
         return FrameOutputs(
             flat=outs,
             mask_feats=mask_feats,
-            locations=torch.cat(locs),
-            levels=torch.cat(levels),
-            padded_size=(H, W),
+            locations=locations,
+            levels=levels,
+            padded_size=(int(H), int(W)),
         )
 
     def preprocess(self, images: list[torch.Tensor]):

@@ -21,7 +21,7 @@ from crossvis.modeling.fcos_head import FCOSHead
 from crossvis.modeling.fpn import FPN
 from crossvis.modeling.mask_branch import DynamicMaskHead, MaskBranch
 from crossvis.modeling.postprocess import Detections, PostProcessor, image_sizes
-from crossvis.modeling.targets import compute_locations
+from crossvis.modeling.targets import level_locations
 
 __all__ = ["CrossVIS", "Detections"]
 
@@ -136,8 +136,12 @@ class CrossVIS(nn.Module):
         """Per-level (B, C, h, w) -> (B, sum h*w, C), levels concatenated in order."""
         return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
-    def run(self, x: torch.Tensor) -> FrameOutputs:
-        """Normalised (B, 3, H, W) input -> backbone -> FPN -> head, controller and mask branch outputs."""
+    def network(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[tuple[int, int]]]:
+        """Normalised (B, 3, H, W) input -> backbone -> FPN -> head, controller and mask branch.
+
+        Returns the flattened head outputs (``logits``, ``bbox_reg``, ``ctrness``, ``embedding``, ``params``:
+        (B, L, *)), the mask features (B, C_m, H/8, W/8) and each FPN level's (h, w).
+        """
         feats = self.fpn(self.backbone(x))
         if self.training:
             feats = [_grad_scale(f, self.crossvis_cfg.backbone_grad_scale) for f in feats]
@@ -145,17 +149,18 @@ class CrossVIS(nn.Module):
         out = self.head(feats)
         flat = {k: self._flatten(v) for k, v in out.items() if k != "box_tower"}
         flat["params"] = self._flatten([self.controller(t) for t in out["box_tower"]])
-        locs, levels = [], []
-        for lvl, (f, s) in enumerate(zip(feats, self.strides)):
-            loc = compute_locations(f.shape[-2], f.shape[-1], s, f.device)
-            locs.append(loc)
-            levels.append(torch.full((loc.shape[0],), lvl, dtype=torch.long, device=f.device))
+        return flat, mask_feats, [(f.shape[-2], f.shape[-1]) for f in feats]
+
+    def run(self, x: torch.Tensor) -> FrameOutputs:
+        """Normalised (B, 3, H, W) input -> :class:`FrameOutputs` (network outputs and their locations)."""
+        flat, mask_feats, level_sizes = self.network(x)
+        locations, levels = level_locations(level_sizes, self.strides, x.device)
         return FrameOutputs(
             flat=flat,
             mask_feats=mask_feats,
-            locations=torch.cat(locs),
-            levels=torch.cat(levels),
-            padded_size=tuple(x.shape[-2:]),
+            locations=locations,
+            levels=levels,
+            padded_size=(int(x.shape[-2]), int(x.shape[-1])),
         )
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:

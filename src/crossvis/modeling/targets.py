@@ -15,6 +15,16 @@ def compute_locations(h: int, w: int, stride: int, device: torch.device | str = 
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
 
 
+def level_locations(
+    sizes: list[tuple[int, int]], strides: list[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every level's locations, concatenated: sizes (h, w) and strides per level -> locations (L, 2) and the
+    level of each (L,)."""
+    locs = [compute_locations(h, w, s, device) for (h, w), s in zip(sizes, strides)]
+    levels = [torch.full((len(loc),), lvl, dtype=torch.long, device=device) for lvl, loc in enumerate(locs)]
+    return torch.cat(locs), torch.cat(levels)
+
+
 def size_ranges(sizes_of_interest: list[int]) -> list[tuple[float, float]]:
     """[64, 128, 256, 512] -> [(-1, 64), (64, 128), (128, 256), (256, 512), (512, INF)]."""
     bounds = [-1.0, *map(float, sizes_of_interest), INF]
