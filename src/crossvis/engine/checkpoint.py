@@ -153,6 +153,7 @@ def convert_official(
         if config
         else load_config(resolve_config_path("crossvis_R50_1x"))
     )
+    cfg.model.backbone.weights_file = ""  # every backbone tensor comes from the checkpoint
     mapped = {}
     for k, v in state.items():
         nk = _official_to_ours(k)

@@ -35,7 +35,7 @@ from crossvis.errors import CrossVISError
 from crossvis.evaluation import Evaluator
 from crossvis.io import atomic_write
 from crossvis.modeling.builders import build_model
-from crossvis.modeling.weights import read_weights, save_weights
+from crossvis.modeling.weights import save_weights
 
 log = logging.getLogger("crossvis.train")
 
@@ -206,7 +206,7 @@ def train(
 
     train_ds, val_ds = prepare_data(cfg, rank)
     model = build_model(cfg, train_ds.num_identities)
-    _init_weights(model, cfg)
+    _init_weights(model, cfg, train_ds.class_names)
     if cfg.model.condinst.mask_branch_norm == "SyncBN" and world > 1:
         model.mask_branch = nn.SyncBatchNorm.convert_sync_batchnorm(model.mask_branch)
     model.to(device).train()
@@ -412,21 +412,11 @@ def _gather_rng(world: int) -> list[dict] | dict:
     return states
 
 
-def _init_weights(model: nn.Module, cfg: Config) -> None:
-    """Initial weights (model.weights): ours or converted; class/identity-count mismatches re-initialised."""
-    if not cfg.model.weights:
-        return
-    w = read_weights(cfg.model.weights)
-    own = model.state_dict()
-    fitting = {k: v for k, v in w.state_dict.items() if k in own and own[k].shape == v.shape}
-    reinit = sorted(k for k, v in w.state_dict.items() if k in own and own[k].shape != v.shape)
-    model.load_state_dict(fitting, strict=False)
-    log.info(
-        "initialised from %s: %d tensors loaded, re-initialised (shape mismatch): %s",
-        cfg.model.weights,
-        len(fitting),
-        ", ".join(reinit) or "none",
-    )
+def _init_weights(model: nn.Module, cfg: Config, class_names: list[str]) -> None:
+    """Initial weights per the config's init chain (see crossvis.engine.initialization)."""
+    from crossvis.engine.initialization import initialize
+
+    initialize(model, cfg, class_names)
 
 
 def _validate(

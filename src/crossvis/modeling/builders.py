@@ -21,7 +21,8 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
         stride_in_1x1=b.stride_in_1x1,
         frozen_bn=b.frozen_bn,
         pretrained=b.pretrained,
-        weights_file=b.weights_file,
+        # the whole-model checkpoint (model.weights) holds the backbone: its ImageNet file is then not read
+        weights_file="" if m.weights else b.weights_file,
     )
     n_id = m.crossvis.num_identities or num_identities
     return CrossVIS(
