@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from crossvis.modeling.tfc import TemporalFeatureCalibration, local_correlation, tfc_parameter_count
@@ -76,3 +80,133 @@ def test_parameter_count_of_the_official_setting():
     assert tfc_parameter_count(256) == n
     small = TemporalFeatureCalibration(64)
     assert tfc_parameter_count(64) == sum(p.numel() for p in small.parameters())
+
+
+# ------------------------------------------------------------------------------------------ wired into CrossVIS
+
+
+def _tiny(tfc: bool, n_id: int = 0):
+    from crossvis.modeling.builders import crossvis_tiny
+
+    torch.manual_seed(0)
+    return crossvis_tiny(num_classes=5, num_identities=n_id, tfc=tfc)
+
+
+def test_tfc_option_trains_on_pairs(synth_dir):
+    from crossvis.data.pairs import FramePairDataset, collate_pairs
+    from crossvis.data.ytvis import YTVISDataset
+
+    ds = YTVISDataset(synth_dir / "annotations.json", synth_dir / "JPEGImages")
+    pairs = FramePairDataset(ds, [96], 128, hflip=False)
+    batch = collate_pairs([pairs[(0, 1)], pairs[(3, 2)]])
+    assert _tiny(False).tfc is None
+    model = _tiny(True, ds.num_identities).train()
+    assert sum(p.numel() for p in model.tfc.parameters()) == TemporalFeatureCalibration(
+        64
+    ).weight.numel() + sum(
+        p.numel() for n, p in TemporalFeatureCalibration(64).named_parameters() if n != "weight"
+    )
+    losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name, p in model.tfc.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_tfc_stream_state_online():
+    model = _tiny(True).eval()
+    torch.nn.init.constant_(model.head.cls_logits.bias, 0.0)  # make the untrained head fire
+    torch.manual_seed(3)
+    a = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8)
+    b = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8)
+    model.reset_stream()
+    da = model.inference([a])[0]
+    assert model.tfc_state is not None and model.tfc_state[0].shape[0] == 1
+    db = model.inference([b])[0]  # b calibrated with a (the previous frame)
+    model.reset_stream()
+    both = model.inference([a, b])  # the same stream as one batch: item 1 uses item 0
+    assert torch.allclose(both[0].scores, da.scores) and torch.allclose(both[1].scores, db.scores)
+    model.reset_stream()
+    db_first = model.inference([b])[0]  # b first in a new stream: calibrated with itself
+    raw = model._pyramid(model.preprocess([b])[0])
+    assert all(torch.equal(s, r) for s, r in zip(model.tfc_state, raw))
+    model.reset_stream()
+    assert model.tfc_state is None
+    assert len(db) > 0 and (
+        db_first.scores.shape != db.scores.shape or not torch.allclose(db_first.scores, db.scores)
+    )
+
+
+def test_predictor_resets_the_stream_per_video(synth_dir):
+    import numpy as np
+
+    from crossvis.config import apply_overrides
+    from crossvis.engine.predictor import VideoPredictor
+    from crossvis.modeling.builders import tiny_config
+
+    model = _tiny(True).eval()
+    torch.nn.init.constant_(model.head.cls_logits.bias, 0.0)  # make the untrained head fire
+    cfg = apply_overrides(tiny_config(5), ["model.tfc=true"])
+    pred = VideoPredictor(model, cfg, [f"c{i}" for i in range(5)], [1, 2, 3, 4, 5])
+    rng = np.random.default_rng(0)
+    v1 = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    v2 = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2)]
+    list(pred.track(v1))
+    after_v1 = [r.scores for r in pred.track(v2)]
+    fresh = VideoPredictor(_tiny(True).eval(), cfg, [f"c{i}" for i in range(5)], [1, 2, 3, 4, 5])
+    fresh.model.load_state_dict(model.state_dict())
+    alone = [r.scores for r in fresh.track(v2)]
+    assert len(after_v1) == len(alone) and all(np.array_equal(x, y) for x, y in zip(after_v1, alone))
+    assert any(len(x) for x in alone)
+    # without the reset, the second video's first frame would be calibrated with the first video's last
+    list(pred.track(v1))
+    model.reset_stream = lambda: None
+    leaked = [r.scores for r in pred.track(v2)]
+    assert not all(x.shape == y.shape and np.allclose(x, y) for x, y in zip(leaked, alone))
+
+
+@pytest.mark.slow
+def test_tfc_trains_and_runs_online_from_the_cli(tmp_path, synth_dir):
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    r = run_cli(
+        "train",
+        "configs/synthetic_tiny.yaml",
+        "--output",
+        out,
+        "model.tfc=true",
+        f"data.train_json={synth_dir / 'annotations.json'}",
+        f"data.train_images={synth_dir / 'JPEGImages'}",
+        "data.synth_train=null",
+        "data.val_json=''",
+        "data.synth_val=null",
+        "data.num_workers=0",
+        "input.min_size_train=[96]",
+        "input.max_size_train=128",
+        "solver.ims_per_batch=2",
+        "solver.reference_batch=2",
+        "solver.max_iter=2",
+        "solver.checkpoint_period=0",
+        "test.eval_period=0",
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model_final.safetensors"), framework="pt") as f:
+        assert "tfc.weight" in f.keys()
+    r = run_cli(
+        "infer",
+        "--weights",
+        out / "model_final.safetensors",
+        "--annotations",
+        synth_dir / "annotations.json",
+        "--images",
+        synth_dir / "JPEGImages",
+        "--output",
+        tmp_path / "results.json",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert isinstance(json.loads((tmp_path / "results.json").read_text()), list)

@@ -37,6 +37,7 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
         pixel_std=tuple(cfg.input.pixel_std),
         input_format=cfg.input.format,
         size_divisibility=cfg.input.size_divisibility,
+        tfc=m.tfc,
     )
 
 

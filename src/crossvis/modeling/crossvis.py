@@ -36,6 +36,7 @@ from crossvis.modeling.targets import (
     mask_centroids,
     size_ranges,
 )
+from crossvis.modeling.tfc import TemporalFeatureCalibration
 
 IDENTITY_LOSSES = ("global_focal", "global_ce", "pairwise_ce", "pairwise_focal")
 
@@ -125,6 +126,7 @@ class CrossVIS(nn.Module):
         pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0),
         input_format: str = "BGR",
         size_divisibility: int = 32,
+        tfc: bool = False,
     ) -> None:
         super().__init__()
         self.fcos_cfg = fcos = fcos or FCOSConfig(num_classes=num_classes)
@@ -175,6 +177,30 @@ class CrossVIS(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
         self.ranges = size_ranges(list(fcos.sizes_of_interest))
+        # temporal feature calibration (OVIS): training calibrates each frame of a pair with the other;
+        # inference with the previous frame's maps (stream state, reset by reset_stream())
+        self.tfc = TemporalFeatureCalibration(width) if tfc else None
+        self.tfc_state: list[torch.Tensor] | None = None
+
+    def reset_stream(self) -> None:
+        """Forget the previous frame (TFC stream state): the next frame starts a new video."""
+        self.tfc_state = None
+
+    def _pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.fpn(self.backbone(x))
+        if self.training:
+            feats = [_grad_scale(f, self.crossvis_cfg.backbone_grad_scale) for f in feats]
+        return feats
+
+    def _calibrate_stream(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """TFC at inference: batch item i (a frame) with item i-1, item 0 with the stream's previous frame
+        (or itself at the start of a stream, or when the size changed)."""
+        prev = self.tfc_state
+        if prev is None or any(p.shape[1:] != f.shape[1:] for p, f in zip(prev, feats)):
+            prev = [f[:1] for f in feats]
+        refs = [torch.cat([p, f[:-1]]) for p, f in zip(prev, feats)]
+        self.tfc_state = [f[-1:].detach() for f in feats]
+        return self.tfc(feats, refs)
 
     # ------------------------------------------------------------------------------------------- shared
     @property
@@ -196,13 +222,14 @@ class CrossVIS(nn.Module):
         return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
     def _run(
-        self, x: torch.Tensor
+        self, x: torch.Tensor, feats: list[torch.Tensor] | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backbone -> FPN -> head, controller, mask branch. Returns flattened head outputs, mask_feats,
         locations (L, 2) and the level of each location (L,)."""
-        feats = self.fpn(self.backbone(x))
-        if self.training:
-            feats = [_grad_scale(f, self.crossvis_cfg.backbone_grad_scale) for f in feats]
+        if feats is None:
+            feats = self._pyramid(x)
+            if self.tfc is not None:
+                feats = self._calibrate_stream(feats)
         mask_feats = self.mask_branch(feats)
         out = self.head(feats)
         flat = {k: self._flatten(v) for k, v in out.items() if k != "box_tower"}
@@ -223,9 +250,13 @@ class CrossVIS(nn.Module):
         frames: list[list[FrameTarget]] = batch["frames"]
         per_frame, pos, mask_feats, gt_masks = [], [], [], []
         n_gt = [[len(t.classes) for t in f] for f in frames]
+        calibrated: list[list[torch.Tensor] | None] = [None, None]
+        if self.tfc is not None:  # each frame calibrated with the other frame of its pair
+            raw = [self._pyramid(self.preprocess([t.image for t in f])[0]) for f in frames]
+            calibrated = [self.tfc(raw[0], raw[1]), self.tfc(raw[1], raw[0])]
         for f, targets in enumerate(frames):
             other = n_gt[1 - f]
-            losses, p, mf, gm = self._frame_losses(targets, other)
+            losses, p, mf, gm = self._frame_losses(targets, other, calibrated[f])
             per_frame.append(losses)
             pos.append(p)
             mask_feats.append(mf)
@@ -239,9 +270,11 @@ class CrossVIS(nn.Module):
         out["loss_identity"] = self.crossvis_cfg.loss_weight_identity * self._identity_loss(pos[0], pos[1])
         return out
 
-    def _frame_losses(self, targets: list[FrameTarget], n_gt_other: list[int]):
+    def _frame_losses(
+        self, targets: list[FrameTarget], n_gt_other: list[int], feats: list[torch.Tensor] | None = None
+    ):
         images, sizes = self.preprocess([t.image for t in targets])
-        flat, mask_feats, locations, level_of = self._run(images)
+        flat, mask_feats, locations, level_of = self._run(images, feats)
         B, L, C = flat["logits"].shape
         dev = images.device
         H, W = images.shape[-2:]
