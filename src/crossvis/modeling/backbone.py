@@ -83,7 +83,12 @@ def read_trunk_file(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
     """A trunk weights file -> (state dict, the input it expects or None when the file does not say)."""
     p = Path(path)
     if not p.is_file():
-        raise CrossVISError(path, "backbone weights file not found")
+        raise CrossVISError(
+            path,
+            "backbone weights file not found (model.backbone.weights_file; the R-50/R-101 configs expect "
+            "detectron2's ImageNetPretrained/MSRA/R-50.pkl or R-101.pkl there, see docs/recipes.md; or set "
+            "model.weights, or model.init=scratch model.backbone.weights_file='')",
+        )
     if p.suffix == ".pkl":
         sd, _ = read_msra_pkl(p)
         return sd, {**MSRA_INPUT, "source": f"MSRA weights {p.name}"}
