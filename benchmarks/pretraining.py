@@ -156,7 +156,7 @@ def run_one(kind: str, seed: int, a: argparse.Namespace, out: Path) -> dict:
         "pretrain_iters": a.pretrain_iters if kind == "pretrained" else 0,
         "video_iters": a.video_iters,
         "minutes": round(minutes, 1),
-        "commands": [shlex.join(c) for c in cmds],
+        "commands": [shlex.join(c).replace(f"{ROOT}/", "") for c in cmds],  # paths relative to the repo
         **evaluate(out / "runs" / f"{kind}_seed{seed}", out),
     }
 
@@ -180,7 +180,8 @@ def write_report(out: Path, records: list[dict]) -> None:
 
         def cell(k: str, rs=rs) -> str:
             v = [r[k] * (1 if k == "id_switches" else 100) for r in rs]
-            return f"{v[0]:.1f}" if len(v) == 1 else f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}"
+            f = ".0f" if k == "id_switches" else ".1f"
+            return f"{v[0]:{f}}" if len(v) == 1 else f"{statistics.mean(v):{f}} ± {statistics.stdev(v):.1f}"
 
         seeds = ",".join(str(r["seed"]) for r in rs)
         lines.append(
@@ -188,7 +189,17 @@ def write_report(out: Path, records: list[dict]) -> None:
             + " | ".join(cell(k) for k in ("AP", "AP50", "AP75", "AR1", "AR10", "id_switches"))
             + " |"
         )
-    lines += ["", "Commands:", ""]
+    n_seeds = len({r["seed"] for r in records})
+    lines += [
+        "",
+        f"{n_seeds} seed(s). Short CPU runs (the tiny config's full schedule is 8,000 iterations); with one seed",
+        "a difference is an observation, not a statistical result. The `pretrained` row also had the still-image",
+        "iterations; the video-training budget is the same. Minutes are wall time on a shared 2-core machine",
+        "(the still-image and scratch runs ran side by side).",
+        "",
+        "Commands:",
+        "",
+    ]
     for r in records:
         lines += [f"- {r['start']} seed {r['seed']} ({r['minutes']} min):"]
         lines += [f"  `{c}`" for c in r["commands"]]
