@@ -244,7 +244,10 @@ def test_init_from_weights_reinitialises_only_mismatched_layers(tmp_path, synth_
     init = tmp_path / "init.safetensors"
     save_weights(donor, init, cfg3, ["a", "b", "c"], include_identity_classifier=True)
     out = tmp_path / "run"
-    ov = _overrides(synth_dir, **{"solver.max_iter": 1, "model.weights": init, "solver.base_lr": 0.0})
+    ov = _overrides(
+        synth_dir,
+        **{"solver.max_iter": 1, "model.weights": init, "solver.base_lr": 0.0, "model.init": "pretrained"},
+    )
     r = subprocess.run(_train_cmd(out, ov), capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     log = (out / "train.log").read_text()

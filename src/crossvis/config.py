@@ -84,6 +84,14 @@ class ModelConfig:
     crossvis: CrossVISConfig = field(default_factory=CrossVISConfig)
     width: int = 256  # FPN and head channels (MODEL.FPN.OUT_CHANNELS); the tiny CPU model uses less
     weights: str = ""  # initial weights: our .safetensors, a shipped name, or an official .pth/.pkl
+    # How training starts (crossvis.engine.initialization): "pretrained" needs model.weights (e.g. a COCO
+    # CondInst .pth), model.backbone.weights_file (e.g. MSRA R-50.pkl) or model.backbone.pretrained;
+    # "scratch" starts from random weights on purpose (a warning is logged).
+    init: str = "pretrained"
+    # Copy COCO classifier rows into matching target classes: "" (off), "auto" (the shipped table whose
+    # classes are the dataset's), a table name (ytvis2019 | ytvis2021 | ovis) or a JSON file {target: coco|null}
+    init_class_map: str = ""
+    tfc: bool = False  # temporal feature calibration (OVIS paper) on the FPN features; see modeling/tfc.py
 
 
 @dataclass

@@ -250,4 +250,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from crossvis.data.split import split_dataset
+
+    r = split_dataset(args.annotations, val_fraction=args.val_fraction, seed=args.seed, output=args.output)
+    _out(f"wrote {r.train} ({r.train_videos} videos) and {r.val} ({r.val_videos} videos)")
+    if r.train_only:
+        _out(f"classes only in train (a single video): {', '.join(r.train_only)}")
+    return 0
+
+
 __all__ = [name for name in dir(sys.modules[__name__]) if name.startswith("cmd_")]

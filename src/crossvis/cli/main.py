@@ -284,12 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "convert", parents=common, help="convert official CrossVIS/CondInst detectron2 checkpoints"
+        "convert",
+        parents=common,
+        help="convert official CrossVIS/CondInst detectron2 checkpoints, or an MSRA ImageNet R-50/R-101.pkl",
     )
     p.set_defaults(func=c.cmd_convert)
-    p.add_argument("checkpoint", help="official .pth (detectron2 format)")
+    p.add_argument(
+        "checkpoint", help="official .pth (detectron2 format) or MSRA .pkl (Caffe2 names; no code is run)"
+    )
     p.add_argument("--output", required=True, help=".safetensors file to write")
     p.add_argument("--config", help="YAML config describing the architecture (default R-50)")
+
+    p = sub.add_parser(
+        "split", parents=common, help="split a training JSON into disjoint train/val parts by video"
+    )
+    p.set_defaults(func=c.cmd_split)
+    p.add_argument("annotations", help="YouTube-VIS-format training JSON")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of videos for val (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="folder for train.json and val.json")
     return parser
 
 

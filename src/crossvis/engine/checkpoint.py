@@ -133,7 +133,8 @@ def _official_to_ours(key: str) -> str | None:
 def convert_official(
     checkpoint: str | os.PathLike, output: str | os.PathLike, config: str | None = None
 ) -> Path:
-    """An official CrossVIS (or CondInst) detectron2 ``.pth`` -> crossvis ``.safetensors``.
+    """An official CrossVIS (or CondInst) detectron2 ``.pth`` -> crossvis ``.safetensors``; an MSRA ImageNet
+    ``.pkl`` (detectron2's R-50.pkl / R-101.pkl) -> backbone weights (see :func:`convert_msra_backbone`).
 
     The file is read with ``torch.load(weights_only=True)``: pickled code is never run. Official models take
     BGR 0-255 input with the MSRA mean; the default R-50 config already says so.
@@ -143,6 +144,10 @@ def convert_official(
     path = Path(checkpoint)
     if not path.is_file():
         raise CrossVISError(path, "checkpoint not found")
+    if path.suffix == ".pkl":
+        if config:
+            raise CrossVISError(path, "--config is for .pth checkpoints; a .pkl backbone needs none")
+        return convert_msra_backbone(path, output)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -159,6 +164,7 @@ def convert_official(
         if config
         else load_config(resolve_config_path("crossvis_R50_1x"))
     )
+    cfg.model.backbone.weights_file = ""  # every backbone tensor comes from the checkpoint
     mapped = {}
     for k, v in state.items():
         nk = _official_to_ours(k)
@@ -192,3 +198,48 @@ def convert_official(
         record={"converted_from": str(path)},
         include_identity_classifier=True,
     )
+
+
+def convert_msra_backbone(pkl: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """An MSRA ImageNet ResNet ``.pkl`` (Caffe2 names; read without running code) -> a ``.safetensors`` of
+    the backbone trunk in timm's names, usable as ``model.backbone.weights_file``.
+
+    Every trunk tensor of the matching ResNet (50/101/152, from the number of res4 blocks) must be in the file;
+    the metadata records the input the weights expect (BGR 0-255, MSRA mean, std 1, stride in the 1x1 conv),
+    which training checks against the config. Returns the output path.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from crossvis.modeling.backbone import Backbone
+    from crossvis.modeling.msra import MSRA_INPUT, read_msra_pkl, resnet_depth
+
+    path = Path(pkl)
+    state, unused = read_msra_pkl(path)
+    depth = resnet_depth(state)
+    if not depth:
+        raise CrossVISError(path, "not a ResNet-50/101/152 in Caffe2 names (no res4 blocks of a known count)")
+    own = Backbone(f"resnet{depth}", freeze_at=0, stride_in_1x1=True, frozen_bn=True).body.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CrossVISError(path, f"{len(missing)} ResNet-{depth} tensors missing, e.g. '{missing[0]}'")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise CrossVISError(
+            path, f"'{bad[0]}': shape {tuple(state[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}"
+        )
+    extra = sorted(k for k in state if k not in own)
+    meta = {
+        "format": "crossvis-backbone-1",
+        "source": f"MSRA ImageNet ResNet-{depth} ({path.name})",
+        "backbone": f"resnet{depth}",
+        "input": json.dumps(MSRA_INPUT),
+        "unused": json.dumps(unused + extra),
+    }
+    log.info(
+        "%s: ResNet-%d, %d tensors; not used: %s", path, depth, len(own), ", ".join(unused + extra) or "none"
+    )
+    with atomic_path(output) as tmp:
+        save_file({k: state[k].contiguous() for k in own}, str(tmp), metadata=meta)
+    return Path(output)

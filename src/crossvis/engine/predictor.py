@@ -191,6 +191,8 @@ class VideoPredictor:
 
     def step(self, index: int, frame: np.ndarray, tracker: OnlineTracker) -> FrameResult:
         """Detect in one frame and associate with ``tracker``'s tracks."""
+        if index == 0 and hasattr(self.model, "reset_stream"):
+            self.model.reset_stream()  # a new video: no previous frame for temporal feature calibration
         det = self.detect([frame])[0].to("cpu")
         ids = np.array(
             tracker.update(index, det.boxes, det.scores, det.classes, det.embeddings), dtype=np.int64

@@ -26,13 +26,13 @@ from torch import nn
 
 from crossvis.config import Config
 from crossvis.engine.hooks import Checkpointer, StepLogger, tensorboard
+from crossvis.engine.initialization import initialize
 from crossvis.engine.optim import build_optimizer, lr_at, param_groups, set_lr
 from crossvis.engine.train_data import PairStream, num_workers, prepare_data, train_loader
 from crossvis.engine.train_setup import Run, setup
 from crossvis.engine.train_state import TrainState, resume_from
 from crossvis.engine.train_step import train_step
 from crossvis.modeling.builders import build_model
-from crossvis.modeling.weights import read_weights
 
 log = logging.getLogger("crossvis.train")
 
@@ -53,7 +53,7 @@ def train(
     run = setup(cfg, output)
     cfg, s = run.cfg, run.cfg.solver
     train_ds, val_ds = prepare_data(cfg, run.rank)
-    model = _build_model(run, num_identities=train_ds.num_identities)
+    model = _build_model(run, num_identities=train_ds.num_identities, class_names=train_ds.class_names)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=s.amp and run.device.type == "cuda")
     state = TrainState()
@@ -96,30 +96,13 @@ def train(
     return _finish(run, checkpointer, state, writer)
 
 
-def _build_model(run: Run, *, num_identities: int) -> nn.Module:
+def _build_model(run: Run, *, num_identities: int, class_names: list[str]) -> nn.Module:
     """The model of ``run.cfg`` with its initial weights, SyncBN across ranks if asked, on the device."""
     model = build_model(run.cfg, num_identities)
-    _init_weights(model, run.cfg)
+    initialize(model, run.cfg, class_names)  # the init chain: model.weights, ImageNet backbone or scratch
     if run.cfg.model.condinst.mask_branch_norm == "SyncBN" and run.world > 1:
         model.mask_branch = nn.SyncBatchNorm.convert_sync_batchnorm(model.mask_branch)
     return model.to(run.device).train()
-
-
-def _init_weights(model: nn.Module, cfg: Config) -> None:
-    """Initial weights (model.weights): ours or converted; class/identity-count mismatches re-initialised."""
-    if not cfg.model.weights:
-        return
-    w = read_weights(cfg.model.weights)
-    own = model.state_dict()
-    fitting = {k: v for k, v in w.state_dict.items() if k in own and own[k].shape == v.shape}
-    reinit = sorted(k for k, v in w.state_dict.items() if k in own and own[k].shape != v.shape)
-    model.load_state_dict(fitting, strict=False)
-    log.info(
-        "initialised from %s: %d tensors loaded, re-initialised (shape mismatch): %s",
-        cfg.model.weights,
-        len(fitting),
-        ", ".join(reinit) or "none",
-    )
 
 
 def _data_parallel(model: nn.Module, run: Run) -> nn.Module:

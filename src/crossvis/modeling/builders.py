@@ -27,7 +27,8 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
         stride_in_1x1=b.stride_in_1x1,
         frozen_bn=b.frozen_bn,
         pretrained=b.pretrained,
-        weights_file=b.weights_file,
+        # the whole-model checkpoint (model.weights) holds the backbone: its ImageNet file is then not read
+        weights_file="" if m.weights else b.weights_file,
     )
     return CrossVIS(
         backbone,
@@ -40,6 +41,7 @@ def build_model(cfg: Config, num_identities: int = 0) -> CrossVIS:
         pixel_std=tuple(cfg.input.pixel_std),
         input_format=cfg.input.format,
         size_divisibility=cfg.input.size_divisibility,
+        tfc=m.tfc,
     )
 
 

@@ -22,6 +22,7 @@ from crossvis.modeling.fpn import FPN
 from crossvis.modeling.mask_branch import DynamicMaskHead, MaskBranch
 from crossvis.modeling.postprocess import Detections, PostProcessor, image_sizes
 from crossvis.modeling.targets import level_locations
+from crossvis.modeling.tfc import TemporalFeatureCalibration
 
 __all__ = ["CrossVIS", "Detections"]
 
@@ -43,6 +44,8 @@ class CrossVIS(nn.Module):
             object classes is ``fcos.num_classes`` (40 for YouTube-VIS 2019).
         pixel_mean, pixel_std, input_format: normalisation of 0-255 input, "BGR" (official) or "RGB".
         size_divisibility: inputs are padded to a multiple of this.
+        tfc: temporal feature calibration (OVIS): each FPN level calibrated with the same level of another
+            frame (the other frame of a training pair; the previous frame of the stream at inference).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class CrossVIS(nn.Module):
         pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0),
         input_format: str = "BGR",
         size_divisibility: int = 32,
+        tfc: bool = False,
     ) -> None:
         super().__init__()
         self.fcos_cfg = fcos = fcos or FCOSConfig()
@@ -106,6 +110,9 @@ class CrossVIS(nn.Module):
         self.size_divisibility = size_divisibility
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        # temporal feature calibration: the previous frame's FPN maps are stream state (reset_stream())
+        self.tfc = TemporalFeatureCalibration(width) if tfc else None
+        self.tfc_state: list[torch.Tensor] | None = None
         self.criterion = CrossVISCriterion(
             fcos=fcos, condinst=ci, crossvis=cv, strides=self.strides, num_identities=num_identities
         )
@@ -136,24 +143,49 @@ class CrossVIS(nn.Module):
         """Per-level (B, C, h, w) -> (B, sum h*w, C), levels concatenated in order."""
         return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
-    def network(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[tuple[int, int]]]:
-        """Normalised (B, 3, H, W) input -> backbone -> FPN -> head, controller and mask branch.
+    def reset_stream(self) -> None:
+        """Forget the previous frame (TFC stream state): the next frame starts a new video."""
+        self.tfc_state = None
 
-        Returns the flattened head outputs (``logits``, ``bbox_reg``, ``ctrness``, ``embedding``, ``params``:
-        (B, L, *)), the mask features (B, C_m, H/8, W/8) and each FPN level's (h, w).
-        """
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised (B, 3, H, W) input -> backbone -> FPN: [P3, ..., P7], each (B, width, h, w)."""
         feats = self.fpn(self.backbone(x))
         if self.training:
             feats = [_grad_scale(f, self.crossvis_cfg.backbone_grad_scale) for f in feats]
+        return feats
+
+    def _calibrate_stream(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """TFC online: batch item i (a frame) with item i-1, item 0 with the stream's previous frame (itself at
+        the start of a stream, or when the size changed)."""
+        prev = self.tfc_state
+        if prev is None or any(p.shape[1:] != f.shape[1:] for p, f in zip(prev, feats)):
+            prev = [f[:1] for f in feats]
+        refs = [torch.cat([p, f[:-1]]) for p, f in zip(prev, feats)]
+        self.tfc_state = [f[-1:].detach() for f in feats]
+        return self.tfc(feats, refs)
+
+    def network(
+        self, x: torch.Tensor, *, feats: list[torch.Tensor] | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[tuple[int, int]]]:
+        """Normalised (B, 3, H, W) input -> backbone -> FPN (-> TFC) -> head, controller and mask branch.
+
+        ``feats``: FPN maps computed (and calibrated) already, as training with TFC does. Returns the
+        flattened head outputs (``logits``, ``bbox_reg``, ``ctrness``, ``embedding``, ``params``: (B, L, *)), the
+        mask features (B, C_m, H/8, W/8) and each FPN level's (h, w).
+        """
+        if feats is None:
+            feats = self.pyramid(x)
+            if self.tfc is not None:
+                feats = self._calibrate_stream(feats)
         mask_feats = self.mask_branch(feats)
         out = self.head(feats)
         flat = {k: self._flatten(v) for k, v in out.items() if k != "box_tower"}
         flat["params"] = self._flatten([self.controller(t) for t in out["box_tower"]])
         return flat, mask_feats, [(f.shape[-2], f.shape[-1]) for f in feats]
 
-    def run(self, x: torch.Tensor) -> FrameOutputs:
+    def run(self, x: torch.Tensor, *, feats: list[torch.Tensor] | None = None) -> FrameOutputs:
         """Normalised (B, 3, H, W) input -> :class:`FrameOutputs` (network outputs and their locations)."""
-        flat, mask_feats, level_sizes = self.network(x)
+        flat, mask_feats, level_sizes = self.network(x, feats=feats)
         locations, levels = level_locations(level_sizes, self.strides, x.device)
         return FrameOutputs(
             flat=flat,
@@ -167,7 +199,13 @@ class CrossVIS(nn.Module):
         """Training: the loss dict of a batch of frame pairs (``batch["frames"]``: two lists of
         :class:`FrameTarget`, frame t and frame t+delta of each pair)."""
         frames: list[list[FrameTarget]] = batch["frames"]
-        outputs = [self.run(self.preprocess([t.image for t in targets])[0]) for targets in frames]
+        xs = [self.preprocess([t.image for t in targets])[0] for targets in frames]
+        if self.tfc is None:
+            outputs = [self.run(x) for x in xs]
+        else:  # each frame calibrated with the other frame of its pair
+            raw = [self.pyramid(x) for x in xs]
+            calibrated = [self.tfc(raw[0], raw[1]), self.tfc(raw[1], raw[0])]
+            outputs = [self.run(x, feats=f) for x, f in zip(xs, calibrated)]
         modules = LossModules(self.mask_head, self.mask_branch.out_stride, self.identity_classifier)
         return self.criterion(outputs, frames, modules)
 
