@@ -40,7 +40,8 @@ def test_each_builder_equals_build_model_of_its_yaml(builder, name, num_classes)
     torch.manual_seed(0)
     built = builder(num_classes=num_classes, num_identities=7)
     torch.manual_seed(0)
-    from_yaml = build_model(load_config(packaged_config(name)), num_identities=7)
+    no_imagenet = ["model.backbone.pretrained=false", "model.backbone.weights_file="]
+    from_yaml = build_model(load_config(packaged_config(name), no_imagenet), num_identities=7)
     _same_model(built, from_yaml)
 
 
@@ -152,3 +153,40 @@ def test_cli_overrides_anywhere_and_options_after_them(tmp_path, synth_dir, tiny
     r = run_cli("train", "nosuch.yaml", "solver.max_iter=1", "-q", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
     assert "solver.max_iter" not in r.stderr  # only the real culprit is named
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("input.min_size_test=-5", "'input.min_size_test' must be at least 1"),
+        ("model.fcos.nms_th=1.5", "'model.fcos.nms_th' must be between 0 and 1"),
+        ("model.fcos.fpn_strides=[8, 0, 32, 64, 128]", "'model.fcos.fpn_strides' must be at least 1"),
+        ("model.crossvis.identity_loss=focal", "'model.crossvis.identity_loss' must be one of"),
+        ("solver.optimizer=Adam", "'solver.optimizer' must be one of SGD, AdamW"),
+    ],
+)
+def test_values_out_of_range_are_config_errors(override, message):
+    with pytest.raises(CrossVISError, match=message):
+        load_config(None, [override])
+
+
+def test_value_choices_agree_with_what_the_code_implements():
+    from crossvis.config import CHOICES
+    from crossvis.engine.initialization import INIT_MODES
+    from crossvis.engine.optim import OPTIMIZERS
+    from crossvis.modeling.criterion import IDENTITY_LOSSES
+
+    assert set(CHOICES["model.crossvis.identity_loss"]) == set(IDENTITY_LOSSES)
+    assert set(CHOICES["solver.optimizer"]) == set(OPTIMIZERS)
+    assert set(CHOICES["model.init"]) == set(INIT_MODES)
+
+
+def test_a_config_file_out_of_range_is_named_in_the_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("input:\n  max_size_test: 0\n")
+    r = run_cli("train", p, "--output", tmp_path / "run")
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip()
+        == f"crossvis: error: {p}: config key 'input.max_size_test' must be at least 1, got 0"
+    )

@@ -196,6 +196,104 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Values: the ranges and choices a config is checked against on load (a value outside them is the usual one-line
+# error naming the key, not a crash deep inside training). Ranges are inclusive; None = unbounded; a list is
+# checked item by item.
+
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "model.width": (1, None),
+    "model.backbone.freeze_at": (0, 5),
+    "model.fcos.num_classes": (1, None),
+    "model.fcos.fpn_strides": (1, None),
+    "model.fcos.num_convs": (0, None),
+    "model.fcos.prior_prob": (1e-12, 1 - 1e-12),
+    "model.fcos.pos_radius": (0, None),
+    "model.fcos.sizes_of_interest": (1, None),
+    "model.fcos.loss_alpha": (0, 1),
+    "model.fcos.loss_gamma": (0, None),
+    "model.fcos.inference_th_test": (0, 1),
+    "model.fcos.pre_nms_topk_test": (1, None),
+    "model.fcos.post_nms_topk_test": (1, None),
+    "model.fcos.nms_th": (0, 1),
+    "model.condinst.mask_out_stride": (1, None),
+    "model.condinst.max_proposals": (1, None),
+    "model.condinst.mask_head_channels": (1, None),
+    "model.condinst.mask_head_num_layers": (2, None),
+    "model.condinst.mask_branch_channels": (1, None),
+    "model.condinst.mask_branch_num_convs": (0, None),
+    "model.condinst.mask_branch_out_channels": (1, None),
+    "model.crossvis.embedding_dim": (1, None),
+    "model.crossvis.num_identities": (0, None),
+    "model.crossvis.sample_region": (0, None),
+    "model.crossvis.loss_weight_crossover": (0, None),
+    "model.crossvis.loss_weight_identity": (0, None),
+    "model.crossvis.loss_weight_det": (0, None),
+    "model.crossvis.backbone_grad_scale": (0, 1),
+    "data.num_workers": (-1, None),
+    "input.min_size_train": (1, None),
+    "input.max_size_train": (1, None),
+    "input.min_size_test": (1, None),
+    "input.max_size_test": (1, None),
+    "input.pixel_std": (1e-12, None),
+    "input.size_divisibility": (1, None),
+    "solver.ims_per_batch": (1, None),
+    "solver.base_lr": (0, None),
+    "solver.reference_batch": (1, None),
+    "solver.momentum": (0, 1),
+    "solver.weight_decay": (0, None),
+    "solver.weight_decay_norm": (0, None),
+    "solver.steps": (0, None),
+    "solver.gamma": (0, None),
+    "solver.max_iter": (1, None),
+    "solver.warmup_factor": (0, 1),
+    "solver.warmup_iters": (0, None),
+    "solver.checkpoint_period": (0, None),
+    "solver.checkpoint_keep": (0, None),
+    "solver.grad_accum": (1, None),
+    "solver.clip_gradients": (0, None),
+    "solver.max_nonfinite": (1, None),
+    "test.eval_period": (0, None),
+    "test.mask_threshold": (0, 1),
+    "test.tracker.memory_momentum": (0, 1),
+    "test.tracker.max_missed": (0, None),
+    "test.tracker.min_new_score": (0, 1),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.init": ("pretrained", "scratch"),
+    "model.fcos.norm": ("GN", "none"),
+    "model.condinst.mask_branch_norm": ("BN", "SyncBN", "none"),
+    "model.crossvis.identity_loss": ("global_focal", "global_ce", "pairwise_ce", "pairwise_focal"),
+    "input.format": ("BGR", "RGB"),
+    "solver.optimizer": ("SGD", "AdamW"),
+}
+
+
+def _value(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_values(cfg: Config, where: str) -> Config:
+    """Check ``cfg`` against :data:`RANGES` and :data:`CHOICES`; return it."""
+    for key, (lo, hi) in RANGES.items():
+        value = _value(cfg, key)
+        for v in value if isinstance(value, list) else [value]:
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+                raise CrossVISError(where, f"config key '{key}' must be {bounds}, got {brief(value)}")
+    for key, options in CHOICES.items():
+        value = _value(cfg, key)
+        if value not in options:
+            raise CrossVISError(
+                where, f"config key '{key}' must be one of {', '.join(options)}; got {brief(value)}"
+            )
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -406,7 +504,7 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def config_from_dict(data: dict, where: str = "<config>") -> Config:
-    return _build(Config, data, where, "")
+    return check_values(_build(Config, data, where, ""), where)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -417,7 +515,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         data = _read_yaml(path)
         where = str(path)
-    return apply_overrides(_build(Config, data, where, ""), overrides)
+    return apply_overrides(check_values(_build(Config, data, where, ""), where), overrides)
 
 
 def apply_overrides(
@@ -431,7 +529,7 @@ def apply_overrides(
         over = nest_overrides(overrides)
     else:
         over = parse_overrides(overrides or [])
-    return _build(Config, _merge(config_to_dict(cfg), over), where, "")
+    return check_values(_build(Config, _merge(config_to_dict(cfg), over), where, ""), where)
 
 
 def dump_config(cfg: Config) -> str:

@@ -2,7 +2,9 @@
 ``build_model`` from a :class:`~crossvis.config.Config`.
 
 Each builder is its packaged YAML config (``configs/*.yaml``) and nothing else: ``crossvis_r50()`` equals
-``build_model(load_config("configs/crossvis_R50_1x.yaml"))``. Keyword overrides name config fields under
+``build_model(load_config("configs/crossvis_R50_1x.yaml"))`` without the config's ImageNet initialisation
+(``pretrained_backbone=True`` keeps it: detectron2's MSRA ``R-50.pkl`` for the ResNets, timm's weights for
+DLA-34). Keyword overrides name config fields under
 ``model`` as ``section__field=value`` (``crossvis__crossover=False``) and are validated like ``key=value``
 overrides on the command line: an unknown field or a wrong type is a :class:`~crossvis.errors.CrossVISError`.
 """
@@ -53,6 +55,12 @@ def builder_config(name: str, num_classes: int, **overrides: Any) -> Config:
     return apply_overrides(load_config(packaged_config(name)), items, where=f"builder of {name}.yaml")
 
 
+def _backbone_init(pretrained_backbone: bool) -> dict[str, Any]:
+    """Without ``pretrained_backbone`` the YAML's ImageNet initialisation (MSRA ``.pkl`` file or timm weights)
+    is dropped: the weights are random, as torchvision's builders give with ``weights_backbone=None``."""
+    return {} if pretrained_backbone else {"backbone__pretrained": False, "backbone__weights_file": ""}
+
+
 def crossvis_r50(
     num_classes: int = 40, num_identities: int = 3774, pretrained_backbone: bool = False, **overrides: Any
 ) -> CrossVIS:
@@ -61,9 +69,7 @@ def crossvis_r50(
 
     ``overrides`` set model config fields, ``section__field=value`` (e.g. ``crossvis__crossover=False``).
     """
-    cfg = builder_config(
-        "crossvis_R50_1x", num_classes, backbone__pretrained=pretrained_backbone, **overrides
-    )
+    cfg = builder_config("crossvis_R50_1x", num_classes, **_backbone_init(pretrained_backbone), **overrides)
     return build_model(cfg, num_identities)
 
 
@@ -72,9 +78,7 @@ def crossvis_r101(
 ) -> CrossVIS:
     """CrossVIS R-101 (``configs/crossvis_R101_1x.yaml``; 56,357,473 parameters with 40 classes and 3,774
     identities)."""
-    cfg = builder_config(
-        "crossvis_R101_1x", num_classes, backbone__pretrained=pretrained_backbone, **overrides
-    )
+    cfg = builder_config("crossvis_R101_1x", num_classes, **_backbone_init(pretrained_backbone), **overrides)
     return build_model(cfg, num_identities)
 
 
@@ -84,7 +88,7 @@ def crossvis_lite_dla34(
     """CrossVIS-Lite (``configs/crossvis_lite_DLA34.yaml``): a DLA-34 backbone (timm, RGB input with the
     ImageNet mean and std) with the same head."""
     cfg = builder_config(
-        "crossvis_lite_DLA34", num_classes, backbone__pretrained=pretrained_backbone, **overrides
+        "crossvis_lite_DLA34", num_classes, **_backbone_init(pretrained_backbone), **overrides
     )
     return build_model(cfg, num_identities)
 
