@@ -83,6 +83,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
+    if r["rank"] > 0:  # torchrun: rank 0 writes and reports
+        return 0
     _out(f"wrote {', '.join(map(str, r['written']))} ({r['tracks']} tracks, {r['videos']} videos)")
     if r["metrics"] is not None:
         print_metrics(r["metrics"])
@@ -105,10 +107,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         vis_threshold=args.vis_threshold,
         folder_fps=args.fps,
     )
-    _out(
-        f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
-        + (f" and {args.json}" if args.json else "")
-    )
+    if "videos" in r:
+        _out(
+            f"wrote {args.output}/ ({r['videos'] - r['done_before']} videos, {r['frames']} frames, "
+            f"{r['tracks']} tracks; {r['done_before']} done before)"
+        )
+    else:
+        _out(
+            f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
+            + (f" and {args.json}" if args.json else "")
+        )
+    if r["skipped_frames"]:
+        _out(f"skipped {r['skipped_frames']} undecodable or corrupt frame(s) (see the warning above)")
     _out(
         f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "
         f"on {r['device']}"
