@@ -98,3 +98,33 @@ def test_infer_with_torchrun_gives_the_same_results_file(tmp_path, synth_dir, ti
     assert json.loads((tmp_path / "one.json").read_text())  # tracks were found
     assert (tmp_path / "two.json").read_bytes() == (tmp_path / "one.json").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "two.json"]
+
+
+def test_tracks_writer_masks_round_trip_and_file_is_atomic(tmp_path):
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from crossvis.engine.predictor import FrameResult
+    from crossvis.engine.tracks_writer import TracksWriter
+    from crossvis.tracking import Track
+
+    rng = np.random.default_rng(0)
+    masks = rng.uniform(size=(3, 7, 5)) > 0.5
+    res = FrameResult(0, np.array([4, 1, 2]), np.array([0, 1, 0]), [], np.array([0.9, 0.5, 0.2]),
+                      np.zeros((3, 4)), masks)  # fmt: skip
+    path = tmp_path / "t.jsonl"
+    w = TracksWriter(path, source="s", fps=2.0, class_names=["a", "b"], category_ids=[10, 20])
+    w.frame(0, 0.0, res, (7, 5))
+    assert not path.exists()  # appears whole on close
+    w.finished([Track(1, 1, 0, 0, 1, 0.5)])
+    w.close(skipped_frames=3)
+    data = read_tracks_jsonl(path)
+    got = [mask_utils.decode(i["segmentation"]).astype(bool) for i in data["frames"][0]["instances"]]
+    assert all(np.array_equal(g, m) for g, m in zip(got, masks))
+    assert data["tracks"] == [{"track_id": 1, "category_id": 20, "class_name": "b", "score": 0.5, "first_frame": 0,
+                               "last_frame": 0, "num_detections": 1}]  # fmt: skip
+    assert data["end"] == {"num_frames": 1, "num_tracks": 1, "skipped_frames": 3}
+    w2 = TracksWriter(tmp_path / "u.jsonl", source="s", fps=2.0, class_names=["a"], category_ids=[1])
+    w2.frame(0, 0.0, res, (7, 5))
+    w2.close(ok=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]

@@ -27,7 +27,9 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     """(N, H, W) bool -> N compressed RLEs with str counts (one pycocotools call for the frame)."""
     if len(masks) == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    # (N, W, H) C-order is (H, W, N) Fortran-order: one transposing copy, and bool -> uint8 as a view
+    cols = np.ascontiguousarray(masks.astype(bool, copy=False).transpose(0, 2, 1))
+    rles = mask_utils.encode(cols.view(np.uint8).transpose(2, 1, 0))
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
     return rles
