@@ -173,8 +173,12 @@ def predict_source(
     """
     from crossvis.engine.video_io import expand_sources
 
-    predictor = _predictor(weights, config, overrides, device)
     many = expand_sources(str(source))
+    if many is not None and json_path:
+        raise CrossVISError(
+            "--json", "with many videos the tracks go to <output>/<name>.tracks.jsonl: drop --json"
+        )
+    predictor = _predictor(weights, config, overrides, device)
     if many is not None:
         return predict_many(
             predictor, many, output, max_frames=max_frames, progress=progress, vis_threshold=vis_threshold

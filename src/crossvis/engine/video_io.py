@@ -209,7 +209,7 @@ def expand_sources(source: str) -> list[Path] | None:
             raise CrossVISError(p, f"{len(missing)} listed video(s) not found, e.g. {missing[0]}")
         return paths
     if glob.has_magic(source) and not p.exists():
-        paths = sorted(Path(x) for x in glob.glob(source) if Path(x).is_file())
+        paths = sorted(Path(x) for x in glob.glob(source, recursive=True) if Path(x).is_file())
         if not paths:
             raise CrossVISError(source, "pattern matches no files")
         return paths
