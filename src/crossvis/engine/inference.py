@@ -223,19 +223,17 @@ def predict_stream(
 
     tracker = predictor.new_tracker(stream=True)
     model_start, t0, n = predictor.model_seconds, time.perf_counter(), 0
-    live = src.count is None
     writer = VideoWriter(output, src.fps, time_base=src.time_base)
-    tracks = None
-    if json_path:
-        tracks = TracksWriter(
-            json_path,
-            source=src.name,
-            fps=float(src.fps),
-            class_names=predictor.class_names,
-            category_ids=predictor.category_ids,
-        )
-    ok = False
+    tracks, ok = None, False
     try:
+        if json_path:
+            tracks = TracksWriter(
+                json_path,
+                source=src.name,
+                fps=float(src.fps),
+                class_names=predictor.class_names,
+                category_ids=predictor.category_ids,
+            )
         first_pts = None
         try:
             for n, (frame, pts) in enumerate(src.timed(), start=1):
@@ -255,16 +253,18 @@ def predict_stream(
                 if max_frames and n >= max_frames:
                     break
         except KeyboardInterrupt:
-            if not live:
+            if not src.live:
                 raise
             log.warning("%s: interrupted; writing the %d frames read so far", src.name, n)
         if tracks is not None:
             tracks.finished(tracker.finish_all())
         ok = n > 0
     finally:
-        if tracks is not None:
-            tracks.close(ok, skipped_frames=src.stats.skipped)
-        writer.close(ok)
+        try:
+            if tracks is not None:
+                tracks.close(ok, skipped_frames=src.stats.skipped)
+        finally:
+            writer.close(ok)
     warning = src.stats.summary(src.name)
     if warning:
         log.warning(warning)

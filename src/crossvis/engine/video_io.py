@@ -69,6 +69,7 @@ class FrameSource:
     name: str
     time_base: Fraction | None = None
     stats: DecodeStats = field(default_factory=DecodeStats)
+    live: bool = False  # a camera or network stream: Ctrl-C ends it like a finished video
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (f for f, _ in self.timed_frames)
@@ -87,7 +88,9 @@ def open_source(source: str | os.PathLike, folder_fps: float = 10.0) -> FrameSou
     if s.isdigit():
         return _webcam(int(s))
     if is_url(s):
-        return _open_av(s, s.rsplit("/", 1)[-1].split("?")[0] or "stream", url=True)
+        src = _open_av(s, s.rsplit("/", 1)[-1].split("?")[0] or "stream", url=True)
+        src.live = not s.lower().startswith("file:")
+        return src
     p = Path(s)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
@@ -186,7 +189,7 @@ def _webcam(index: int) -> FrameSource:
         finally:
             cap.release()
 
-    return FrameSource(gen(), Fraction(fps).limit_denominator(1000), None, f"webcam{index}")
+    return FrameSource(gen(), Fraction(fps).limit_denominator(1000), None, f"webcam{index}", live=True)
 
 
 def expand_sources(source: str) -> list[Path] | None:
