@@ -128,3 +128,28 @@ def test_tracks_writer_masks_round_trip_and_file_is_atomic(tmp_path):
     w2.frame(0, 0.0, res, (7, 5))
     w2.close(ok=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_ctrl_c_ends_a_live_stream_cleanly_and_aborts_a_file(tmp_path, synth_dir, tiny_weights, live):
+    from crossvis.engine.inference import predict_stream
+    from crossvis.engine.video_io import FrameSource
+
+    ds = YTVISDataset(synth_dir / "annotations.json", synth_dir / "JPEGImages")
+    v = ds.videos[0]
+
+    def frames():
+        for f in range(3):
+            yield ds.load_image(v, f), None
+        raise KeyboardInterrupt
+
+    src = FrameSource(frames(), Fraction(5), None, "cam", live=live)
+    p = VideoPredictor.from_weights(tiny_weights, device="cpu")
+    out, js = tmp_path / "o.mp4", tmp_path / "t.jsonl"
+    if live:
+        r = predict_stream(p, src, out, js)
+        assert r["frames"] == 3 and read_tracks_jsonl(js)["end"]["num_frames"] == 3 and out.is_file()
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            predict_stream(p, src, out, js)
+        assert list(tmp_path.iterdir()) == []

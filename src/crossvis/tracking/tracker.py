@@ -23,12 +23,12 @@ from torchvision.ops import box_iou
 from crossvis.config import TrackerConfig
 from crossvis.tracking.table import ColumnTable
 
-_RECORD = {
+_RECORD = {  # 32 bytes per track
     "id": ((), torch.int64),
-    "category": ((), torch.int64),
-    "first_frame": ((), torch.int64),
-    "last_frame": ((), torch.int64),
-    "count": ((), torch.int64),
+    "category": ((), torch.int32),
+    "first_frame": ((), torch.int32),  # 2^31 frames: two years at 30 FPS
+    "last_frame": ((), torch.int32),
+    "count": ((), torch.int32),
     "score_sum": ((), torch.float64),
 }
 
@@ -232,13 +232,13 @@ class OnlineTracker:
         for i, det in enumerate(new):
             ids[det] = self.next_id + i
         self.next_id += r
-        full = torch.full((r,), frame, dtype=torch.int64)
+        full = torch.full((r,), frame, dtype=torch.int32)
         self._active.append(
             id=track_ids,
-            category=classes[d].long(),
+            category=classes[d].int(),
             first_frame=full,
             last_frame=full.clone(),
-            count=torch.ones(r, dtype=torch.int64),
+            count=torch.ones(r, dtype=torch.int32),
             score_sum=scores[d].double(),
             box=boxes[d].float(),
             embedding=embeddings[d].float(),
