@@ -97,7 +97,7 @@ class OnlineTracker:
     @property
     def tracks(self) -> list[Track]:
         """Every track so far, finished and active, in id order (built on call: O(tracks))."""
-        out = _records(self._finished.rows(torch.ones(len(self._finished), dtype=torch.bool)))
+        out = _records(self._finished.slice(0, len(self._finished)))
         if self._active is not None and len(self._active):
             a = self._active
             out += _records({k: a.col(k) for k in _RECORD}, boxes=a.col("box"), embeddings=a.col("embedding"))
@@ -105,11 +105,9 @@ class OnlineTracker:
 
     def drain_finished(self) -> list[Track]:
         """Tracks that finished since the last call (for writers that emit a record per finished track)."""
-        n = len(self._finished)
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[self._drained :] = True
+        n, start = len(self._finished), self._drained
         self._drained = n
-        return _records(self._finished.rows(mask))
+        return _records(self._finished.slice(start, n)) if n > start else []
 
     def finish_all(self) -> list[Track]:
         """End every active track (end of the video) and return the tracks not yet drained."""
