@@ -109,7 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     if "videos" in r:
         _out(
-            f"wrote {args.output}/ ({r['videos'] - r['done_before']} videos, {r['frames']} frames, "
+            f"wrote {str(args.output).rstrip('/')}/ ({r['videos'] - r['done_before']} videos, {r['frames']} frames, "
             f"{r['tracks']} tracks; {r['done_before']} done before)"
         )
     else:
@@ -119,10 +119,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if r["skipped_frames"]:
         _out(f"skipped {r['skipped_frames']} undecodable or corrupt frame(s) (see the warning above)")
-    _out(
-        f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "
-        f"on {r['device']}"
-    )
+    if r["frames"]:
+        _out(
+            f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "
+            f"on {r['device']}"
+        )
     return 0
 
 
