@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli
 from crossvis.data.ytvis import YTVISDataset
 from crossvis.engine.predictor import VideoPredictor
+from crossvis.engine.tracks_writer import read_tracks_jsonl
 from crossvis.engine.video_io import VideoWriter, count_frames
 
 
@@ -35,9 +36,12 @@ def test_predict_on_mp4_writes_overlay_and_tracks(tmp_path, synth_mp4, tiny_weig
     r = run_cli("predict", path, "--weights", tiny_weights, "--output", out, "--json", js, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert count_frames(out) == n
-    data = json.loads(js.read_text())
-    assert data["num_frames"] == n and data["fps"] == 5.0
-    assert data["tracks"] and all(len(t["segmentations"]) == n for t in data["tracks"])
+    data = read_tracks_jsonl(js)  # JSON Lines: one record per frame, one per track, an end line
+    assert data["video"]["fps"] == 5.0 and data["end"]["num_frames"] == n == len(data["frames"])
+    assert [f["frame"] for f in data["frames"]] == list(range(n))
+    assert [f["time"] for f in data["frames"]] == pytest.approx([i / 5 for i in range(n)])
+    ids = {i["track_id"] for f in data["frames"] for i in f["instances"]}
+    assert ids and ids == {t["track_id"] for t in data["tracks"]} and data["end"]["num_tracks"] == len(ids)
     assert "end-to-end" in r.stdout and "model-only" in r.stdout
 
 

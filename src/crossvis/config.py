@@ -170,7 +170,12 @@ class SolverConfig:
 class TrackerConfig:
     match_threshold: float = 0.4
     memory_momentum: float = 0.0  # 0: compare with the last detection (official); else EMA of embeddings
-    max_missed: int = 0  # 0: tracks never end (official)
+    max_missed: int = (
+        0  # 0: tracks never end (official); N > 0: a track ends after N frames without a detection
+    )
+    # what streams (predict, webcam, URLs, VideoPredictor.track) use while max_missed is 0; 0: never end there
+    # either. 30 from reports/stream_lifetime.md
+    stream_max_missed: int = 30
     min_new_score: float = 0.0  # 0: every detection can open a track (official)
     hungarian: bool = False  # greedy (official) or Hungarian assignment
     use_embedding: bool = True  # False: IoU-only association (for comparison)

@@ -124,6 +124,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         precision=args.precision,
     )
+    if r["rank"] > 0:  # torchrun: rank 0 writes and reports
+        return 0
     _out(f"wrote {', '.join(map(str, r['written']))} ({r['tracks']} tracks, {r['videos']} videos)")
     if r["metrics"] is not None:
         print_metrics(r["metrics"])
@@ -149,15 +151,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         export_dir=args.format_output,
         precision=args.precision,
     )
-    _out(
-        f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
-        + (f" and {args.json}" if args.json else "")
-        + (f" and {r['export_dir']} ({args.format})" if args.format else "")
-    )
-    _out(
-        f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "
-        f"on {r['device']}"
-    )
+    if "videos" in r:
+        _out(
+            f"wrote {str(args.output).rstrip('/')}/ ({r['videos'] - r['done_before']} videos, {r['frames']} frames, "
+            f"{r['tracks']} tracks; {r['done_before']} done before)"
+        )
+    else:
+        _out(
+            f"wrote {args.output} ({r['frames']} frames, {r['tracks']} tracks)"
+            + (f" and {args.json}" if args.json else "")
+            + (f" and {r['export_dir']} ({args.format})" if args.format else "")
+        )
+    if r["skipped_frames"]:
+        _out(f"skipped {r['skipped_frames']} undecodable or corrupt frame(s) (see the warning above)")
+    if r["frames"]:
+        _out(
+            f"end-to-end {r['fps_end_to_end']:.1f} FPS (decode through encode), model-only {r['fps_model']:.1f} FPS "
+            f"on {r['device']}"
+        )
     return 0
 
 

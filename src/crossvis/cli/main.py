@@ -191,10 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", parents=common, help="segment and track a video file, frame folder or webcam"
     )
     p.set_defaults(func=c.cmd_predict)
-    p.add_argument("source", help="video file, folder of frames, or webcam index (0, 1, ...)")
+    p.add_argument(
+        "source",
+        help="video file, stream URL (rtsp://, http://, file:), folder of frames, webcam index (0, 1, ...); "
+        "or many videos: a folder of videos, a quoted glob ('clips/*.mp4') or a .txt list of paths",
+    )
     _add_weights(p)
-    p.add_argument("--output", required=True, help="overlay video to write (.mp4)")
-    p.add_argument("--json", help="also write the tracks as JSON")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="overlay video to write (.mp4); with many videos a folder (<name>.mp4 + <name>.tracks.jsonl each)",
+    )
+    p.add_argument("--json", help="also write the tracks as JSON Lines (one record per frame and per track)")
     p.add_argument(
         "--format",
         choices=["mots", "mot", "png", "cvat", "ytvis"],

@@ -166,8 +166,14 @@ class VideoPredictor:
             precision=self.precision,
         )
 
-    def new_tracker(self) -> OnlineTracker:
-        return OnlineTracker(self.tracker_cfg)
+    def stream_tracker_config(self) -> TrackerConfig:
+        """The tracker options for streams: ``max_missed``, or ``stream_max_missed`` while that is 0."""
+        c = self.tracker_cfg
+        return c if c.max_missed > 0 else replace(c, max_missed=c.stream_max_missed)
+
+    def new_tracker(self, *, stream: bool = False) -> OnlineTracker:
+        """A tracker with this predictor's options; ``stream``: tracks end (:meth:`stream_tracker_config`)."""
+        return OnlineTracker(self.stream_tracker_config() if stream else self.tracker_cfg)
 
     def _input(self, frame: np.ndarray) -> torch.Tensor:
         h, w = frame.shape[:2]
@@ -212,13 +218,20 @@ class VideoPredictor:
     def track(
         self, frames: Iterable[np.ndarray], tracker: OnlineTracker | None = None
     ) -> Iterator[FrameResult]:
-        """Stream (H, W, 3) uint8 RGB frames -> one :class:`FrameResult` per frame, online."""
-        tracker = tracker or self.new_tracker()
+        """Stream (H, W, 3) uint8 RGB frames -> one :class:`FrameResult` per frame, online.
+
+        Tracks end after ``max_missed`` frames without a detection (``stream_max_missed`` while that is 0), so
+        an endless stream runs at constant cost; pass a ``tracker`` for other options."""
+        tracker = tracker or self.new_tracker(stream=True)
         for i, frame in enumerate(frames):
             yield self.step(i, frame, tracker)
 
     def predict_video(self, source, on_frame=None) -> VideoResult:
         """A video path, frame folder, or iterable of RGB frames -> :class:`VideoResult`.
+
+        Whole-video results for clips (datasets, the official format): every track's masks are held as RLE
+        until the end, and tracks follow ``max_missed`` (official: never end). For long videos and streams
+        use :func:`crossvis.engine.inference.predict_source` (JSON Lines as produced) or :meth:`track`.
 
         ``on_frame(frame, frame_result)`` is called for every frame (e.g. to draw and encode an overlay).
         """
