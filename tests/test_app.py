@@ -208,7 +208,7 @@ def test_upload_limits(tmp_path, clip):
     ):
         open_upload(clip["mp4"], tmp_path / "b", AppLimits(max_seconds=1))
     # a source of unknown length stops at the limit while reading
-    endless = FrameSource(iter([np.zeros((4, 4, 3), np.uint8)] * 5), Fraction(2), None, "stream")
+    endless = FrameSource(iter([(np.zeros((4, 4, 3), np.uint8), None)] * 5), Fraction(2), None, "stream")
     frames = limited(endless, AppLimits(max_seconds=1.5), "stream")
     got = []
     with pytest.raises(CrossVISError, match="stream: more than 3 frames at 2 fps"):

@@ -158,7 +158,52 @@ TINY_YAML = {
     "test.tracker.match_threshold": 0.4,
     "output_dir": "runs/synthetic_tiny",
 }
+# The initialisation chain of the real-data configs (issue 14): MSRA R-50 file, timm for DLA-34.
+R50_YAML |= {
+    "model.init": "pretrained",
+    "model.weights": "",
+    "model.backbone.weights_file": "pretrained/R-50.pkl",
+}
+R101_YAML |= {"model.init": "pretrained", "model.backbone.weights_file": "pretrained/R-101.pkl"}
+DLA34_YAML |= {"model.backbone.pretrained": True, "model.backbone.weights_file": ""}
+YTVIS2021_YAML = {
+    **R50_YAML,
+    "data.train_json": "datasets/ytvis_2021/train/instances.json",
+    "data.train_images": "datasets/ytvis_2021/train/JPEGImages",
+    "output_dir": "runs/crossvis_R50_1x_ytvis2021",
+}
+OVIS_YAML = {
+    **R50_YAML,
+    "model.fcos.num_classes": 25,
+    "model.tfc": False,
+    "data.train_json": "datasets/ovis/annotations_train.json",
+    "data.train_images": "datasets/ovis/train",
+    "output_dir": "runs/crossvis_R50_1x_ovis",
+}
+OVIS_TFC_YAML = {**OVIS_YAML, "model.tfc": True, "output_dir": "runs/crossvis_R50_1x_ovis_tfc"}
+COCO_YAML = {
+    **{k: v for k, v in R50_YAML.items() if not k.startswith(("solver.", "input.", "data.", "output_dir"))},
+    "model.fcos.num_classes": 80,
+    "model.crossvis.num_identities": 1,
+    "data.train_json": "datasets/coco/annotations/instances_train2017.json",
+    "data.train_images": "datasets/coco/train2017",
+    "input.min_size_train": [640, 672, 704, 736, 768, 800],
+    "input.max_size_train": 1333,
+    "input.min_size_test": 800,
+    "input.max_size_test": 1333,
+    "solver.ims_per_batch": 16,
+    "solver.base_lr": 0.01,
+    "solver.steps": [60000, 80000],
+    "solver.max_iter": 90000,
+    "solver.checkpoint_period": 5000,
+    "output_dir": "runs/condinst_R50_coco",
+}
+TINY_YAML |= {"model.init": "scratch"}
 SHIPPED = {
+    "condinst_R50_coco": COCO_YAML,
+    "crossvis_R50_1x_ytvis2021": YTVIS2021_YAML,
+    "crossvis_R50_1x_ovis": OVIS_YAML,
+    "crossvis_R50_1x_ovis_tfc": OVIS_TFC_YAML,
     "crossvis_R50_1x": R50_YAML,
     "crossvis_R101_1x": R101_YAML,
     "crossvis_lite_DLA34": DLA34_YAML,

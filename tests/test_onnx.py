@@ -11,6 +11,7 @@ import torch
 from conftest import run_cli
 from crossvis.engine.onnx_export import FrameNetwork, MaskHeadGraph
 from crossvis.engine.predictor import VideoPredictor
+from crossvis.engine.tracks_writer import read_tracks_jsonl
 from crossvis.modeling.weights import load_model
 
 ort = pytest.importorskip("onnxruntime", reason="the optional `onnx` extra")
@@ -56,9 +57,11 @@ def test_mask_head_graph_matches_the_dynamic_mask_head(onnx_file, torch_model):
     params = torch.randn(7, mh.num_params) * 0.3
     locs = torch.rand(7, 2) * torch.tensor([320.0, 192.0])
     levels = torch.tensor([0, 1, 2, 3, 4, 0, 2])
-    ref = mh(feats, 8, params, locs, levels, torch.zeros(7, dtype=torch.long))
+    ref = mh(feats, 8, params=params, locations=locs, levels=levels, im_inds=torch.zeros(7, dtype=torch.long))
     assert torch.allclose(MaskHeadGraph(mh, 8)(feats, params, locs, levels), ref, atol=1e-5)
-    got = om.shell.mask_head(feats, 8, params, locs, levels, torch.zeros(7, dtype=torch.long))
+    got = om.postprocess.mask_head(
+        feats, 8, params=params, locations=locs, levels=levels, im_inds=torch.zeros(7, dtype=torch.long)
+    )
     assert got.shape == ref.shape == (7, 48, 80)
     assert (got - ref).abs().max().item() <= 1e-4
 
@@ -110,11 +113,11 @@ def test_cli_predict_runs_an_onnx_file(onnx_file, tmp_path):
         "--output",
         tmp_path / "o.mp4",
         "--json",
-        tmp_path / "t.json",
+        tmp_path / "t.jsonl",
         "-q",
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "t.json").read_text())["num_frames"] == 3
+    assert read_tracks_jsonl(tmp_path / "t.jsonl")["end"]["num_frames"] == 3
     r = run_cli(
         "predict", frames, "--weights", onnx_file, "--output", tmp_path / "p.mp4", "--precision", "bf16"
     )

@@ -183,7 +183,7 @@ def _save(out, model, opt, *, iteration: int, best_ap: float) -> None:
         out,
         iteration=iteration,
         model=model,
-        cfg=load_config(None),
+        cfg=load_config(None, ["model.fcos.num_classes=1"]),  # one class, as the names say
         class_names=["a"],
         category_ids=[1],
         state=checkpoint_state(

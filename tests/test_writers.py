@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from crossvis.errors import CrossVISError
 from crossvis.io import atomic_path, atomic_write
 
 OLD = b"an earlier file that must survive\n"
@@ -56,20 +57,21 @@ class Unserialisable:
 # ------------------------------------------------------------------------------------------------ crossvis.io
 def test_atomic_write_when_a_write_fails_with_enospc(tmp_path):
     target, before = _prepare(tmp_path, "out.json")
-    with pytest.raises(OSError) as e, atomic_write(target) as f:
+    with pytest.raises(CrossVISError) as e, atomic_write(target) as f:
         f.write('{"partial": ' + "1" * 100_000)
         f.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    assert e.value.errno == errno.ENOSPC
+    # the one-line error names the output and the system's reason
+    assert e.value.where == str(target) and os.strerror(errno.ENOSPC) in e.value.what
     _untouched(tmp_path, target, before)
 
 
 def test_atomic_write_binary_and_atomic_path_when_fsync_fails(tmp_path, full_disk):
     target, before = _prepare(tmp_path, "out.bin")
-    with pytest.raises(OSError), atomic_write(target, "wb") as f:
+    with pytest.raises(CrossVISError, match="(?i)no space"), atomic_write(target, "wb") as f:
         f.write(b"\0" * 1000)
     _untouched(tmp_path, target, before)
-    with pytest.raises(OSError), atomic_path(target) as tmp:
+    with pytest.raises(CrossVISError, match="(?i)no space"), atomic_path(target) as tmp:
         tmp.write_bytes(b"new")
     _untouched(tmp_path, target, before)
 
@@ -103,7 +105,7 @@ def test_write_results_zip_fails(tmp_path, full_disk):
     zpath = tmp_path / "results.zip"
     zpath.write_bytes(OLD)
     before = _listing(tmp_path)
-    with pytest.raises(OSError):
+    with pytest.raises(CrossVISError, match="(?i)no space"):
         write_results([_result()], target, zip_=True)
     _untouched(tmp_path, target, before)
     assert zpath.read_bytes() == OLD
@@ -122,7 +124,7 @@ def test_write_results_zip_when_zipping_fails(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "no space")
 
     monkeypatch.setattr(zipfile.ZipFile, "write", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(CrossVISError, match="(?i)no space"):
         write_results([_result()], tmp_path / "results.json", zip_=True)
     assert zpath.read_bytes() == OLD
     assert _listing(tmp_path) == {"results.zip", "results.json"}
@@ -157,7 +159,7 @@ def test_tracks_json_on_a_full_disk(tmp_path, full_disk):
 
     target, before = _prepare(tmp_path, "tracks.json")
     vr = types.SimpleNamespace(num_frames=1, height=10, width=10, tracks=[])
-    with pytest.raises(OSError):
+    with pytest.raises(CrossVISError, match="(?i)no space"):
         write_tracks_json(vr, target, "video.mp4", 10.0)
     _untouched(tmp_path, target, before)
 
@@ -235,7 +237,7 @@ def test_save_weights_on_a_full_disk(tmp_path, full_disk):
 
     model, cfg = _tiny()
     target, before = _prepare(tmp_path, "w.safetensors")
-    with pytest.raises(OSError):
+    with pytest.raises(CrossVISError, match="(?i)no space"):
         save_weights(model, target, cfg, ["a", "b"])
     _untouched(tmp_path, target, before)
 
@@ -279,7 +281,7 @@ def test_save_checkpoint_on_a_full_disk_leaves_no_checkpoint(tmp_path, full_disk
     from crossvis.engine.checkpoint import list_checkpoints, save_checkpoint
 
     model, cfg = _tiny()
-    with pytest.raises(OSError):
+    with pytest.raises(CrossVISError, match="(?i)no space"):
         save_checkpoint(
             tmp_path, iteration=8, model=model, cfg=cfg, class_names=["a", "b"], category_ids=[1, 2], state={}
         )
@@ -292,7 +294,7 @@ def test_synthetic_generate_on_a_full_disk_keeps_the_earlier_annotations(tmp_pat
     from crossvis.data.synthetic import SynthParams, generate
 
     target, _ = _prepare(tmp_path, "annotations.json")
-    with pytest.raises(OSError):
+    with pytest.raises(CrossVISError, match="(?i)no space"):
         generate(tmp_path, SynthParams(videos=1, frames=2, seed=0, height=32, width=32))
     assert target.read_bytes() == OLD
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -325,6 +327,6 @@ def test_video_writer_on_a_full_disk(tmp_path, full_disk):
     from crossvis.engine.video_io import VideoWriter
 
     target, before = _prepare(tmp_path, "out.mp4")
-    with pytest.raises(OSError), VideoWriter(target, Fraction(10)) as w:
+    with pytest.raises(CrossVISError, match="(?i)no space"), VideoWriter(target, Fraction(10)) as w:
         w.write(np.zeros((32, 48, 3), dtype=np.uint8))
     _untouched(tmp_path, target, before)

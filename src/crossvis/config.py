@@ -196,7 +196,9 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     seed: int = 0
-    deterministic: bool = False  # deterministic kernels: bit-identical reruns and resumes, somewhat slower
+    deterministic: bool = (
+        False  # deterministic kernels, one thread on CPU: bit-identical reruns and resumes, slower
+    )
     output_dir: str = "runs/crossvis"
 
 

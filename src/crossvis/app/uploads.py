@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 
@@ -133,8 +133,8 @@ def limited(src: FrameSource, limits: AppLimits, name: str) -> FrameSource:
     if src.count is not None and src.count > n_max:
         raise CrossVISError(name, _too_long(f"{src.count} frames", src.fps, limits))
 
-    def frames() -> Iterator[np.ndarray]:
-        for i, frame in enumerate(src):
+    def frames() -> Iterator[tuple[np.ndarray, int | None]]:
+        for i, (frame, pts) in enumerate(src.timed()):
             if i >= n_max:
                 raise CrossVISError(name, _too_long(f"more than {n_max} frames", src.fps, limits))
             if frame.shape[0] * frame.shape[1] > limits.max_frame_pixels:
@@ -143,9 +143,9 @@ def limited(src: FrameSource, limits: AppLimits, name: str) -> FrameSource:
                     f"frames of {frame.shape[1]}x{frame.shape[0]} are over the limit of "
                     f"{limits.max_frame_pixels} pixels",
                 )
-            yield frame
+            yield frame, pts
 
-    return FrameSource(frames(), src.fps, src.count, name)
+    return replace(src, timed_frames=frames(), name=name)
 
 
 def _too_long(frames: str, fps: Fraction, limits: AppLimits) -> str:

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossvis.data.ytvis import YTVISDataset
+from crossvis.data.ytvis import YTVISDataset, read_json
 from crossvis.errors import CrossVISError
 from crossvis.io import atomic_write
 
@@ -82,8 +82,8 @@ def split_dataset(
     """Write ``OUTPUT/train.json`` and ``OUTPUT/val.json``: a video-level split of ``annotations``."""
     if not 0.0 < val_fraction < 1.0:
         raise CrossVISError("--val-fraction", f"must be between 0 and 1 (exclusive), got {val_fraction}")
-    ds = YTVISDataset(annotations)  # validates the structure: ids, lengths, categories
-    data = ds.raw
+    data = read_json(annotations)
+    ds = YTVISDataset(data, source=str(annotations))  # validates the structure: ids, lengths, categories
     if "videos" not in data or not ds.has_annotations:
         raise CrossVISError(annotations, "needs a YouTube-VIS training JSON with 'videos' and 'annotations'")
     n = len(ds.videos)

@@ -71,9 +71,11 @@ class YTVISDataset:
         annotations: str | os.PathLike | dict,
         image_root: str | os.PathLike | None = None,
         check: bool = False,
+        *,
+        source: str | None = None,
     ) -> None:
         if not isinstance(annotations, str | os.PathLike):  # already-loaded JSON (checked like a file)
-            data, self.source = annotations, "<annotations>"
+            data, self.source = annotations, source or "<annotations>"
         else:
             self.source = str(annotations)
             data = read_json(annotations)

@@ -50,6 +50,10 @@ def setup(cfg: Config, output: str | Path | None) -> Run:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        if device.type == "cpu":
+            # multi-threaded CPU convolution backward sums in a thread-dependent order: two identical runs
+            # with 2 threads differed in the FPN's P6/P7 weights (with oneDNN and NNPACK off as well)
+            torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
