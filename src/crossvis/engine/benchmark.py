@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ def stage_breakdown(model, frame: np.ndarray, device: torch.device, precision: s
     from PIL import Image
 
     from crossvis.data.masks import encode_mask
-    from crossvis.modeling.paste import paste_masks_full
+    from crossvis.modeling.paste import paste_masks
     from crossvis.tracking import OnlineTracker
 
     buf = io.BytesIO()
@@ -200,7 +201,7 @@ def stage_breakdown(model, frame: np.ndarray, device: torch.device, precision: s
             padded = model.preprocess([x])[0].shape[-2:]
             _sync(device)
             t0 = time.perf_counter()
-            paste_masks_full(
+            paste_masks(
                 probs, factor=padded[0] // probs.shape[-2], size=img.shape[:2], out_size=img.shape[:2]
             )
             _sync(device)
@@ -255,78 +256,34 @@ def run_benchmark(
         model, label = _crossvis(weights, b, dev, detections)
         models[label] = model.to(memory_format=torch.channels_last)
     main_label, main = next(iter(models.items()))
-    gen = torch.Generator().manual_seed(0)
-    img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+    img = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     x, _ = main.preprocess([img])
-
-    def cv(m, prec: str = precision):
-        def run():
-            with network_autocast(m, dev, prec), torch.inference_mode():
-                return m.inference([img])
-
-        return run
-
-    fns: dict[str, Callable[[], object]] = {label: cv(m) for label, m in models.items()}
+    run_of = partial(_crossvis_run, img=img, device=dev)
+    fns: dict[str, Callable[[], object]] = {label: run_of(m, precision) for label, m in models.items()}
     lines = [
-        "command: crossvis benchmark "
-        + " ".join(
-            [
-                f"--backbone {backbone}" if backbone else f"--weights {weights or 'synthetic-tiny'}",
-                f"--size {size} --iters {iters} --detections {detections} --precision {precision}",
-                *(["--compare"] if compare else []),
-                *(["--stages"] if stages else []),
-                *([f"--onnx {onnx}"] if onnx else []),
-                *(["--compile"] if compile_ else []),
-            ]
-        ),
+        _command_line(weights, backbone, size, iters, detections, precision, compare, stages, onnx, compile_),
         f"input {h}x{w} (padded {tuple(x.shape[-2:])}); device: {device_name(dev)}; torch {torch.__version__}; "
         f"crossvis in channels_last with the fused head, {precision}; peers in fp32",
     ]
-    ref = None
-    if precision == "fp32":
-        # the reference path: NCHW and the per-tower head (what the model did before the speed-ups)
-        ref = _crossvis(weights, names[0], dev, detections)[0]
-        ref.head._forward_fused = ref.head._forward_levels  # type: ignore[method-assign]
-        fns[f"{main_label} [reference: NCHW, unfused head]"] = cv(ref)
-    else:  # the same model in fp32, for the speed-up of the reduced precision
-        fns[f"{main_label} [fp32]"] = cv(main, "fp32")
-    if onnx:
-        from crossvis.engine.onnx_runtime import OnnxModel
-
-        changes = ["model.fcos.inference_th_test=0.0", f"model.fcos.post_nms_topk_test={detections}"]
-        om = OnnxModel(onnx, overrides=changes)
-        fns[f"{main_label} [ONNX Runtime]"] = lambda: om.inference([img])
-    compile_s = None
-    if compile_:
-        cm = _crossvis(weights, names[0], dev, detections)[0].to(memory_format=torch.channels_last)
-        cm.network = torch.compile(cm.network, dynamic=False)  # type: ignore[method-assign]
-        t0 = time.perf_counter()
-        cv(cm)()
-        compile_s = time.perf_counter() - t0
-        fns[f"{main_label} [torch.compile]"] = cv(cm)
+    rebuild = partial(_crossvis, weights, names[0], dev, detections)
+    compile_s = _reference_runs(
+        fns,
+        main_label,
+        main,
+        rebuild,
+        run_of,
+        precision=precision,
+        onnx=onnx,
+        detections=detections,
+        compile_=compile_,
+        img=img,
+    )
+    if compile_s is not None:
         lines.append(f"torch.compile: first call (compilation) {compile_s:.1f} s")
-    peers = {}
-    if compare:
-        for kind, label in (
-            ("maskrcnn", "torchvision Mask R-CNN R50-FPN"),
-            ("fcos", "torchvision FCOS R50-FPN"),
-        ):
-            peers[kind] = label
-            m = _torchvision(kind, dev, detections, (h, w))
-            xin = (img.float() / 255).to(dev)
-
-            def run(m=m, xin=xin):
-                with torch.inference_mode():
-                    return m([xin])
-
-            fns[label] = run
+    peers = _peer_runs(fns, dev, detections, img) if compare else {}
     ndet = {k: _n_dets(fn()) for k, fn in fns.items()}
     times = interleaved(fns, iters, dev)
-    lines.append(f"median of {iters} interleaved rounds (ms per frame, detections):")
-    base = times.get(peers.get("maskrcnn", ""), None)
-    for k, t in times.items():
-        ratio = f"  {t / base:.2f}x Mask R-CNN" if base else ""
-        lines.append(f"  {k}: {1000 * t:.1f} ms, {ndet[k]} detections{ratio}")
+    lines += _time_lines(times, ndet, base=times.get(peers.get("maskrcnn", "")), iters=iters)
     result = {
         "crossvis_ms": 1000 * times[main_label],
         "maskrcnn_ms": 1000 * times[peers["maskrcnn"]] if compare else None,
@@ -347,6 +304,83 @@ def run_benchmark(
             json.dump(result, f, indent=1)
         lines.append(f"wrote {json_path}")
     return lines
+
+
+def _time_lines(times: dict, ndet: dict, *, base: float | None, iters: int) -> list[str]:
+    """The timing table: ms per frame and detections of each run (and its ratio to Mask R-CNN)."""
+    lines = [f"median of {iters} interleaved rounds (ms per frame, detections):"]
+    for k, t in times.items():
+        ratio = f"  {t / base:.2f}x Mask R-CNN" if base else ""
+        lines.append(f"  {k}: {1000 * t:.1f} ms, {ndet[k]} detections{ratio}")
+    return lines
+
+
+def _crossvis_run(model, precision: str, *, img: torch.Tensor, device: torch.device) -> Callable[[], object]:
+    """One timed call: ``model``'s inference on ``img`` in ``precision``."""
+
+    def run():
+        with network_autocast(model, device, precision), torch.inference_mode():
+            return model.inference([img])
+
+    return run
+
+
+def _command_line(
+    weights, backbone, size, iters, detections, precision, compare, stages, onnx, compile_
+) -> str:
+    return "command: crossvis benchmark " + " ".join(
+        [
+            f"--backbone {backbone}" if backbone else f"--weights {weights or 'synthetic-tiny'}",
+            f"--size {size} --iters {iters} --detections {detections} --precision {precision}",
+            *(["--compare"] if compare else []),
+            *(["--stages"] if stages else []),
+            *([f"--onnx {onnx}"] if onnx else []),
+            *(["--compile"] if compile_ else []),
+        ]
+    )
+
+
+def _reference_runs(
+    fns: dict, main_label: str, main, rebuild, run_of, *, precision, onnx, detections, compile_, img
+) -> float | None:
+    """Add the comparison rows of the main model to ``fns``: the reference path (fp32: NCHW, per-tower head)
+    or the model in fp32 (reduced precision), ONNX Runtime, torch.compile. Returns the compile seconds."""
+    if precision == "fp32":
+        ref = rebuild()[0]
+        ref.head._forward_fused = ref.head._forward_levels  # type: ignore[method-assign]
+        fns[f"{main_label} [reference: NCHW, unfused head]"] = run_of(ref, "fp32")
+    else:  # the same model in fp32, for the speed-up of the reduced precision
+        fns[f"{main_label} [fp32]"] = run_of(main, "fp32")
+    if onnx:
+        from crossvis.engine.onnx_runtime import OnnxModel
+
+        changes = ["model.fcos.inference_th_test=0.0", f"model.fcos.post_nms_topk_test={detections}"]
+        om = OnnxModel(onnx, overrides=changes)
+        fns[f"{main_label} [ONNX Runtime]"] = lambda: om.inference([img])
+    if not compile_:
+        return None
+    cm = rebuild()[0].to(memory_format=torch.channels_last)
+    cm.network = torch.compile(cm.network, dynamic=False)  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    run_of(cm, precision)()
+    fns[f"{main_label} [torch.compile]"] = run_of(cm, precision)
+    return time.perf_counter() - t0
+
+
+def _peer_runs(fns: dict, dev: torch.device, detections: int, img: torch.Tensor) -> dict[str, str]:
+    """Add torchvision Mask R-CNN and FCOS R50-FPN (random weights, same size and detection cap) to ``fns``."""
+    peers = {}
+    for kind, label in (("maskrcnn", "torchvision Mask R-CNN R50-FPN"), ("fcos", "torchvision FCOS R50-FPN")):
+        peers[kind] = label
+        m = _torchvision(kind, dev, detections, tuple(img.shape[-2:]))
+        xin = (img.float() / 255).to(dev)
+
+        def run(m=m, xin=xin):
+            with torch.inference_mode():
+                return m([xin])
+
+        fns[label] = run
+    return peers
 
 
 def _stage_lines(main, img, dev, precision, iters, result, fns, peers) -> list[str]:
