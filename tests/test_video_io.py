@@ -204,8 +204,17 @@ def test_expand_sources(tmp_path):
     (tmp_path / "bad.txt").write_text("a.mp4\nnope.mp4\n")
     with pytest.raises(CrossVISError, match="not found"):
         expand_sources(str(tmp_path / "bad.txt"))
-    with pytest.raises(CrossVISError, match="matches no files"):
+    with pytest.raises(CrossVISError, match="matches no video files or folders of frames"):
         expand_sources(str(tmp_path / "*.mkv"))
+    # a glob may name folders of frames too (a dataset's JPEGImages/*); folders without images are not videos
+    for name in ("v1", "v2"):
+        (tmp_path / "frames" / name).mkdir(parents=True)
+        (tmp_path / "frames" / name / "00000.jpg").write_bytes(b"x")
+    (tmp_path / "frames" / "empty").mkdir()
+    assert expand_sources(str(tmp_path / "frames" / "*")) == [
+        tmp_path / "frames" / "v1",
+        tmp_path / "frames" / "v2",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -192,10 +192,15 @@ def _webcam(index: int) -> FrameSource:
     return FrameSource(gen(), Fraction(fps).limit_denominator(1000), None, f"webcam{index}", live=True)
 
 
+def _is_frame_folder(p: Path) -> bool:
+    return p.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in p.iterdir())
+
+
 def expand_sources(source: str) -> list[Path] | None:
     """Many videos in one argument -> their paths (sorted); None when ``source`` is one video/stream/folder
-    of frames. Accepted: a folder of video files, a glob pattern (``clips/*.mp4``) or a list file (``.txt``,
-    one path per line, relative to the list's folder, ``#`` comments)."""
+    of frames. Accepted: a folder of video files, a glob pattern (``clips/*.mp4``; it may also match folders
+    of frames, ``datasets/toy/JPEGImages/*``) or a list file (``.txt``, one path per line, relative to the
+    list's folder, ``#`` comments)."""
     if source.isdigit() or is_url(source):
         return None
     p = Path(source)
@@ -212,9 +217,13 @@ def expand_sources(source: str) -> list[Path] | None:
             raise CrossVISError(p, f"{len(missing)} listed video(s) not found, e.g. {missing[0]}")
         return paths
     if glob.has_magic(source) and not p.exists():
-        paths = sorted(Path(x) for x in glob.glob(source, recursive=True) if Path(x).is_file())
+        paths = sorted(
+            Path(x)
+            for x in glob.glob(source, recursive=True)
+            if Path(x).is_file() or _is_frame_folder(Path(x))
+        )
         if not paths:
-            raise CrossVISError(source, "pattern matches no files")
+            raise CrossVISError(source, "pattern matches no video files or folders of frames")
         return paths
     return None
 
