@@ -307,3 +307,32 @@ def test_dla34_lite_backbone_strides():
     assert m.backbone.out_channels == [128, 256, 512]
     (det,) = m.inference([torch.zeros(3, 50, 70, dtype=torch.uint8)])  # padded to 64 x 96 inside
     assert det.masks.shape[1:] == (50, 70)
+
+
+def test_tall_images_keep_their_gt_masks_aligned():
+    """Frames taller than wide (and padded to 32): the GT masks are placed into the padded frame row for row."""
+    torch.manual_seed(0)
+    model = crossvis_tiny(num_classes=5, num_identities=4).train()
+    f0 = [_frame([(10, 60, 8, 40)], [0], [0], [0], size=(80, 48))]
+    f1 = [_frame([(14, 66, 6, 38)], [0], [0], [0], size=(80, 48))]
+    batch = {"frames": [f0, f1]}
+    outputs = [model.run(model.preprocess([t.image for t in f])[0]) for f in batch["frames"]]
+    gt = model.criterion.match_pair(outputs, batch["frames"])[0].gt_masks
+    s = model.condinst_cfg.mask_out_stride
+    expected = torch.zeros(96, 64)
+    expected[10:60, 8:40] = 1  # the mask in the top-left of the 96 x 64 padded input
+    assert gt.shape == (1, 96 // s, 64 // s) and torch.equal(gt[0], expected[s // 2 :: s, s // 2 :: s])
+    assert all(torch.isfinite(v) for v in model(batch).values())
+
+
+def test_a_frame_with_exactly_one_positive_location_has_box_and_centerness_losses():
+    """A 3 x 3 object holds one stride-8 location: the box and centerness losses are computed, not skipped."""
+    torch.manual_seed(0)
+    model = crossvis_tiny(num_classes=5, num_identities=4).train()
+    f = [_frame([(10, 13, 10, 13)], [0], [0], [0])]
+    batch = {"frames": [f, f]}
+    outputs = [model.run(model.preprocess([t.image for t in fr])[0]) for fr in batch["frames"]]
+    match = model.criterion.match_pair(outputs, batch["frames"])[0]
+    assert match.reg_pred.shape[0] == 1  # exactly one positive
+    losses = model(batch)
+    assert losses["loss_fcos_loc"].item() > 0 and losses["loss_fcos_ctr"].item() > 0
