@@ -19,16 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from crossvis.config import Config, apply_overrides, config_from_dict
+from crossvis.config import Config
 from crossvis.engine.onnx_export import NETWORK_OUTPUTS
 from crossvis.errors import CrossVISError
 from crossvis.modeling.criterion import FrameOutputs
 from crossvis.modeling.postprocess import PostProcessor, image_sizes
 from crossvis.modeling.targets import level_locations
-from crossvis.modeling.weights import LoadedWeights
+from crossvis.modeling.weights import LoadedWeights, inference_config, stored_config
 
 
 def _session(model: bytes | str, threads: int):
@@ -104,9 +103,9 @@ class OnnxModel:
             raise CrossVISError(
                 str(path), "not written by `crossvis export --format onnx` (no crossvis metadata)"
             )
-        stored = config_from_dict(yaml.safe_load(meta["crossvis_config"]) or {}, f"{path} (metadata)")
-        cfg = apply_overrides(config or stored, [*(overrides or []), "model.backbone.pretrained=false"])
-        cfg.model.backbone.weights_file = ""
+        cfg = inference_config(
+            stored_config(meta["crossvis_config"], f"{path} (metadata)"), config, overrides
+        )
         self.config = cfg
         self.class_names = json.loads(meta.get("class_names", "[]"))
         self.category_ids = json.loads(meta.get("category_ids", "[]")) or list(

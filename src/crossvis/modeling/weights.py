@@ -132,10 +132,7 @@ def read_weights(name_or_path: str | os.PathLike) -> LoadedWeights:
     if "crossvis_config" not in meta:
         raise CrossVISError(path, "no crossvis config in the file's metadata (not written by crossvis?)")
     where = f"{path} (metadata)"
-    data = parse_yaml(meta["crossvis_config"], where)
-    if data is not None and not isinstance(data, dict):
-        raise CrossVISError(where, "'crossvis_config' must be a YAML mapping")
-    cfg = config_from_dict(drop_removed_keys(data or {}), where)
+    cfg = stored_config(meta["crossvis_config"], where)
     names = _json_meta(meta, "class_names", "[]", list, where)
     cats = _json_meta(meta, "category_ids", "[]", list, where)
     record = _json_meta(meta, "record", "{}", dict, where)
@@ -225,6 +222,22 @@ def _build(cfg: Config, where: str, device: str | torch.device) -> torch.nn.Modu
         ) from None
 
 
+def stored_config(text: str, where: str) -> Config:
+    """The config stored in a weights or ONNX file's metadata (YAML, parsed with the config loader's limits;
+    keys that older versions accepted but never read are dropped)."""
+    data = parse_yaml(text, where)
+    if data is not None and not isinstance(data, dict):
+        raise CrossVISError(where, "'crossvis_config' must be a YAML mapping")
+    return config_from_dict(drop_removed_keys(data or {}), where)
+
+
+def inference_config(stored: Config, config: Config | None, overrides: list[str] | None) -> Config:
+    """The config to build a model for stored weights: ``config`` (or the stored one) with ``overrides``, and
+    no ImageNet initialisation (every tensor is loaded next; it must not touch the network). A new object."""
+    over = [*(overrides or []), "model.backbone.pretrained=false", "model.backbone.weights_file="]
+    return apply_overrides(config or stored, over)
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -238,9 +251,7 @@ def load_model(
     (built first on the meta device) before any memory is spent on it.
     """
     w = read_weights(name_or_path)
-    # ImageNet initialisation is irrelevant (every tensor is loaded next) and must not touch the network
-    cfg = apply_overrides(config or w.config, [*(overrides or []), "model.backbone.pretrained=false"])
-    cfg.model.backbone.weights_file = ""
+    cfg = inference_config(w.config, config, overrides)
     state = {k: v for k, v in w.state_dict.items() if not k.startswith("identity_classifier.")}
     _check_fits(_build(cfg, str(name_or_path), "meta"), state, str(name_or_path))
     model = _build(cfg, str(name_or_path), "cpu")
