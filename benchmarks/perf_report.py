@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from crossvis.io import atomic_path
@@ -36,7 +37,7 @@ def main() -> None:
             ax.barh(y, ms, color="tab:orange" if model.startswith("torchvision") else "tab:blue")
             ax.text(ms, y, f" {ms:.0f} ms", va="center", fontsize=8)
             ticks.append(y)
-            short = model.replace(" (random weights)", "").replace("/tmp/perf/", "")
+            short = re.sub(r"\((?:[^()]*/)?([^/()]+)\)", r"(\1)", model.replace(" (random weights)", ""))
             if not short.startswith("torchvision") and "[" not in short:
                 short += f" [{r['precision']}]"
             labels.append(f"[{name}] {short} ({n} det.)")

@@ -1,4 +1,5 @@
-"""AP of the inference paths on a synthetic validation split: fp32, bf16, fp16 autocast and ONNX Runtime.
+"""AP of the inference paths on a synthetic validation split: fp32, bf16, fp16 autocast and ONNX Runtime
+(fp32 and int8 files).
 
     python benchmarks/precision_ap.py --weights synthetic-tiny --onnx /tmp/tiny.onnx [--videos 12] [--seed 2000]
 
@@ -27,7 +28,12 @@ from crossvis.io import atomic_write
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default="synthetic-tiny")
-    ap.add_argument("--onnx", help="the same weights exported with `crossvis export --format onnx`")
+    ap.add_argument(
+        "--onnx",
+        nargs="+",
+        default=[],
+        help="the same weights exported with `crossvis export --format onnx` (also --int8 files)",
+    )
     ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--data", default="reports/data")
@@ -44,12 +50,13 @@ def main() -> None:
         "bf16": VideoPredictor.from_weights(args.weights, device="cpu", precision="bf16"),
         "fp16": VideoPredictor.from_weights(args.weights, device="cpu", precision="fp16"),
     }
-    if args.onnx:
-        paths["onnx"] = VideoPredictor.from_weights(args.onnx, device="cpu")
+    for path in args.onnx:
+        pred = VideoPredictor.from_weights(path, device="cpu")
+        paths["onnx int8" if pred.model.precision == "int8" else "onnx"] = pred
     frames = sum(v.length for v in ds.videos)
     print(
         f"command: python benchmarks/precision_ap.py --weights {args.weights}"
-        + (f" --onnx {args.onnx}" if args.onnx else "")
+        + (f" --onnx {' '.join(args.onnx)}" if args.onnx else "")
         + f" --videos {args.videos} --seed {args.seed}"
     )
     print(f"split {split}: {len(ds.videos)} videos, {frames} frames")

@@ -122,3 +122,139 @@ def test_cli_predict_runs_an_onnx_file(onnx_file, tmp_path):
         "predict", frames, "--weights", onnx_file, "--output", tmp_path / "p.mp4", "--precision", "bf16"
     )
     assert r.returncode == 2 and "ONNX" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------- int8
+
+
+@pytest.fixture(scope="module")
+def calibration_videos(tmp_path_factory):
+    """Three synthetic videos (seed 3000, not the evaluation seeds) as folders of frames."""
+    from crossvis.data.synthetic import SynthParams, generate
+
+    root = tmp_path_factory.mktemp("calib")
+    generate(root, SynthParams(videos=3, frames=6, seed=3000))
+    return root / "JPEGImages"
+
+
+@pytest.fixture(scope="module")
+def int8_file(tmp_path_factory, calibration_videos):
+    """synthetic-tiny exported and quantised through the CLI, calibrated on a glob of frame folders."""
+    path = tmp_path_factory.mktemp("int8") / "tiny_int8.onnx"
+    r = run_cli(
+        "export", "synthetic-tiny", "--format", "onnx", "--int8",
+        "--calibration", f"{calibration_videos}/*", "--calibration-frames", "9", "--output", path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {path}"  # the quantiser's own chatter stays off the output
+    return path
+
+
+def _conv_weight_types(path) -> dict[str, str]:
+    """{weight parameter name: 'int8' when a Conv reads it through DequantizeLinear, else 'float'}."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    producer = {o: n for n in g.node for o in n.output}
+    out = {}
+    for n in g.node:
+        if n.op_type != "Conv":
+            continue
+        w = producer.get(n.input[1])
+        if w is not None and w.op_type == "DequantizeLinear":
+            out[w.input[0]] = "int8"
+        else:
+            out[n.input[1]] = "float"
+    return out
+
+
+def test_int8_quantises_the_network_but_not_the_prediction_layers(int8_file, calibration_videos):
+    import onnx
+
+    kinds = _conv_weight_types(int8_file)
+    inits = {i.name: i for i in onnx.load(str(int8_file)).graph.initializer}
+    int8 = [k for k, v in kinds.items() if v == "int8"]
+    assert all(inits[k].data_type == onnx.TensorProto.INT8 for k in int8)
+    assert any("backbone" in k for k in int8) and any("cls_tower" in k for k in int8)
+    assert any("mask_branch" in k for k in int8)
+    floats = [k for k, v in kinds.items() if v == "float"]
+    for layer in ("cls_logits", "controller"):
+        assert any(layer in k for k in floats), layer
+        assert not any(layer in k for k in int8), layer
+    meta = {p.key: p.value for p in onnx.load(str(int8_file), load_external_data=False).metadata_props}
+    assert meta["precision"] == "int8" and meta["calibration"] == f"{calibration_videos}/* (9 frames)"
+    assert "regnetx_002" in meta["crossvis_config"] and "crossvis_mask_head_onnx" in meta
+
+
+def test_int8_detections_approximate_fp32(int8_file, onnx_file, tmp_path):
+    from torchvision.ops import box_iou
+
+    from crossvis.data.synthetic import SynthParams, generate
+    from crossvis.data.ytvis import YTVISDataset
+
+    generate(tmp_path, SynthParams(videos=1, frames=2, seed=1000))
+    ds = YTVISDataset(tmp_path / "annotations.json", tmp_path / "JPEGImages")
+    frame = ds.load_image(ds.videos[0], 0)
+    q = VideoPredictor.from_weights(int8_file, device="cpu")
+    f = VideoPredictor.from_weights(onnx_file, device="cpu")
+    assert q.model.precision == "int8" and f.model.precision == "fp32"
+    a, b = f.detect([frame])[0], q.detect([frame])[0]
+    assert len(a) > 0 and len(b) > 0
+    # quantised: not the same numbers ...
+    x = torch.randn(1, 3, 192, 256)
+    ra = f.model.session.run(None, {"image": x.numpy()})
+    rb = q.model.session.run(None, {"image": x.numpy()})
+    assert max(float(np.abs(u - v).max()) for u, v in zip(ra, rb)) > 1e-4
+    # ... but the same objects: each fp32 detection above 0.5 has an int8 one of its class on it
+    for box, cls in zip(a.boxes[a.scores > 0.5], a.classes[a.scores > 0.5]):
+        same = b.classes == cls
+        assert same.any() and box_iou(box[None], b.boxes[same]).max() > 0.8
+
+
+def test_int8_needs_onnx_and_calibration(tmp_path, calibration_videos):
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", "synthetic-tiny", "--format", "onnx", "--int8", "--output", out)
+    assert (
+        r.returncode == 2 and r.stderr.startswith("crossvis: error: --int8:") and "--calibration" in r.stderr
+    )
+    r = run_cli("export", "synthetic-tiny", "--int8", "--calibration", calibration_videos, "--output", out)
+    assert r.returncode == 2 and "--format onnx" in r.stderr and len(r.stderr.splitlines()) == 1
+    missing = tmp_path / "missing.mp4"
+    r = run_cli(
+        "export", "synthetic-tiny", "--format", "onnx", "--int8", "--calibration", missing, "--output", out
+    )  # fmt: skip
+    assert (
+        r.returncode == 2
+        and r.stderr == f"crossvis: error: {missing}: no such video file, frame folder or webcam index\n"
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_int8_calibration_frames_spread_over_sources(onnx_file, calibration_videos):
+    from crossvis.engine.onnx_quantize import calibration_inputs
+    from crossvis.engine.onnx_runtime import OnnxModel
+    from crossvis.errors import CrossVISError
+
+    om = OnnxModel(onnx_file)
+    xs = calibration_inputs(om, f"{calibration_videos}/*", 6)  # 3 videos: 2 frames each
+    assert len(xs) == 6 and all(x.shape[:2] == (1, 3) and x.dtype == np.float32 for x in xs)
+    assert all(x.shape[2] % 32 == 0 and min(x.shape[2:]) >= 192 for x in xs)  # test size, padded
+    firsts = {calibration_inputs(om, str(v), 1)[0].tobytes() for v in sorted(calibration_videos.iterdir())}
+    assert len(firsts) == 3 and xs[0].tobytes() in firsts and xs[2].tobytes() in firsts
+    with pytest.raises(CrossVISError, match="no such video"):
+        calibration_inputs(om, calibration_videos / "nope", 4)
+
+
+def test_benchmark_times_fp32_and_int8_onnx_files(onnx_file, int8_file, tmp_path):
+    from crossvis.engine.benchmark import run_benchmark
+
+    out = tmp_path / "b.json"
+    lines = run_benchmark(
+        "synthetic-tiny", size="96x128", iters=1, detections=5, onnx=[str(onnx_file), str(int8_file)],
+        json_path=str(out),
+    )  # fmt: skip
+    assert f"--onnx {onnx_file} {int8_file}" in lines[0]
+    ms = json.loads(out.read_text())["models_ms"]
+    onnx_rows = sorted(k.split("[")[-1] for k in ms if "ONNX" in k)
+    assert onnx_rows == ["ONNX Runtime int8]", "ONNX Runtime]"]
+    assert all(ms[k] > 0 for k in ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_commands_start_every_row_from_the_pretrained_still_model(tmp_path):
     for name in ps.STUDY_ROWS:
         cmd = ps.row_command(args, name, 1, tmp_path)
         cfg = load_config("configs/synthetic_tiny.yaml", cmd[5:])
-        assert cfg.model.weights == str(ps.pretrained(tmp_path))
+        assert cfg.model.weights == str(ps.pretrained(tmp_path)) and cfg.model.init == "pretrained"
         assert cfg.seed == 1 and cfg.solver.max_iter == 20
         assert cfg.data.synth_val.lookalikes == 1.0 and cfg.data.synth_val.videos == 2
         assert cfg.data.synth_train.difficulty == ps.APPEARANCE["difficulty"]
@@ -75,6 +76,21 @@ def test_report_has_every_table(tmp_path):
     assert text.startswith("# kept") and text.endswith("tail\n") and "\nold\n" not in text
     assert "| global_focal+crossover vs global_focal | +0.0" in text
     assert all(f"| {t} |" in text for t in ps.TRACKERS)
+    pytest.importorskip("matplotlib")
+    ps.plot(tmp_path / "r.png", records)
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prepare_generates_every_split_once(tmp_path, capsys):
+    args = _args(still_videos=2, train_videos=1, val_videos=1)
+    ps.prepare(args, tmp_path)
+    assert "generated still, train, val" in capsys.readouterr().out
+    for split, frames in (("still", 1), ("train", 12), ("val", 12)):
+        data = json.loads((tmp_path / split / "annotations.json").read_text())
+        assert len(data["videos"]) == ps.splits(args)[split]["videos"]
+        assert frames == 1 or all(v["length"] > 1 for v in data["videos"])
+    ps.prepare(args, tmp_path)  # nothing left to generate
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from crossvis.errors import CrossVISError
 from crossvis.io import atomic_write
 
 log = logging.getLogger("crossvis")
@@ -240,10 +241,21 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.int8 and args.format != "onnx":
+        raise CrossVISError("--int8", "int8 quantisation is for --format onnx")
+    if args.int8 and not args.calibration:
+        raise CrossVISError(
+            "--int8", "needs --calibration VIDEO_OR_FOLDER (frames like the ones you will run on)"
+        )
     if args.format == "onnx":
         from crossvis.engine.onnx_export import export_onnx
 
-        export_onnx(args.checkpoint, args.output)
+        export_onnx(
+            args.checkpoint,
+            args.output,
+            int8_calibration=args.calibration if args.int8 else None,
+            calibration_frames=args.calibration_frames,
+        )
         _out(f"wrote {args.output}")
         return 0
     from crossvis.engine.checkpoint import export_weights

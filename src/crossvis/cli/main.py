@@ -272,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--detections", type=int, default=100, help="detections per image of every model (default 100)"
     )
     p.add_argument("--stages", action="store_true", help="per-stage breakdown, FLOPs, roofline, memory")
-    p.add_argument("--onnx", help="also time this exported .onnx with ONNX Runtime")
+    p.add_argument(
+        "--onnx", nargs="+", help="also time these exported .onnx files (fp32 or --int8) with ONNX Runtime"
+    )
     p.add_argument("--compile", action="store_true", help="also time torch.compile (reports compile cost)")
     p.add_argument("--json", help="write the figures as JSON")
 
@@ -290,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("safetensors", "onnx"),
         help="safetensors (default) or onnx (network + dynamic mask head, dynamic H and W; see docs/performance.md)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnx only: quantise the network to int8 for ONNX Runtime (approximate: measure its AP)",
+    )
+    p.add_argument(
+        "--calibration", help="with --int8: a video or frame folder like your data (activation ranges)"
+    )
+    p.add_argument("--calibration-frames", type=int, default=32, help="with --int8: frames spread over it")
 
     p = sub.add_parser(
         "convert",
@@ -418,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str], debug: bool) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
+    # crossvis logs progress at INFO; other libraries (ONNX Runtime's quantiser, ...) only their warnings
     logging.basicConfig(
-        level=logging.INFO, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("crossvis").setLevel(logging.DEBUG if debug else logging.INFO)
     if args.quiet:  # the console shows warnings and errors; log files (train.log) keep everything
         for handler in logging.getLogger().handlers:
             handler.setLevel(logging.WARNING)

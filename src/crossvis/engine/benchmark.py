@@ -237,14 +237,16 @@ def run_benchmark(
     compare: bool = False,
     detections: int = 100,
     stages: bool = False,
-    onnx: str | None = None,
+    onnx: str | list[str] | None = None,
     compile_: bool = False,
     json_path: str | None = None,
 ) -> list[str]:
     """Time CrossVIS (and peers) on one random frame; returns the report lines (and writes ``json_path``).
 
     ``backbone`` may name several builders, comma-separated (``resnet50,dla34``): all are timed together.
+    ``onnx``: exported ``.onnx`` files of the same weights (fp32 or int8), timed with ONNX Runtime.
     """
+    onnx = [onnx] if isinstance(onnx, str) else list(onnx or [])
     dev = resolve_device(device)
     check_precision(precision)
     h, w = _parse_size(size)
@@ -334,7 +336,7 @@ def _command_line(
             f"--size {size} --iters {iters} --detections {detections} --precision {precision}",
             *(["--compare"] if compare else []),
             *(["--stages"] if stages else []),
-            *([f"--onnx {onnx}"] if onnx else []),
+            *([f"--onnx {' '.join(onnx)}"] if onnx else []),
             *(["--compile"] if compile_ else []),
         ]
     )
@@ -355,8 +357,10 @@ def _reference_runs(
         from crossvis.engine.onnx_runtime import OnnxModel
 
         changes = ["model.fcos.inference_th_test=0.0", f"model.fcos.post_nms_topk_test={detections}"]
-        om = OnnxModel(onnx, overrides=changes)
-        fns[f"{main_label} [ONNX Runtime]"] = lambda: om.inference([img])
+        for path in onnx:
+            om = OnnxModel(path, overrides=changes)
+            kind = "ONNX Runtime int8" if om.precision == "int8" else "ONNX Runtime"
+            fns[f"{main_label} [{kind}]"] = lambda om=om: om.inference([img])
     if not compile_:
         return None
     cm = rebuild()[0].to(memory_format=torch.channels_last)

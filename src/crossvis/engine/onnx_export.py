@@ -22,8 +22,11 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -92,11 +95,25 @@ class MaskHeadGraph(nn.Module):
         return logits[:, 0]
 
 
+@contextlib.contextmanager
+def quiet_onnx_tools() -> Iterator[None]:
+    """The exporter's and quantiser's progress prints and notes (stdout, their loggers) off the CLI's output."""
+    loggers = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "onnxruntime")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, *, inputs, outputs, dynamic_shapes) -> None:
     """torch.onnx.export with the dynamo exporter (torch 2.9+ default; the TorchScript one is deprecated)."""
-    # the exporter and its optimiser print progress to stdout: keep the CLI's output to its own lines
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with quiet_onnx_tools():
         prog = torch.onnx.export(
             module,
             args,
@@ -111,15 +128,32 @@ def _export(module: nn.Module, args: tuple, path: Path, *, inputs, outputs, dyna
     prog.save(str(path))
 
 
-def export_onnx(weights: str | os.PathLike, output: str | os.PathLike, *, example_size: int = 256) -> Path:
-    """Export a crossvis weights file (or shipped name) to one ``.onnx`` file (see the module docstring)."""
+def export_onnx(
+    weights: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    example_size: int = 256,
+    int8_calibration: str | os.PathLike | None = None,
+    calibration_frames: int = 32,
+) -> Path:
+    """Export a crossvis weights file (or shipped name) to one ``.onnx`` file (see the module docstring).
+
+    ``int8_calibration``: a video or frame folder; the network is then quantised to int8 with activation
+    ranges from ``calibration_frames`` of its frames (:mod:`crossvis.engine.onnx_quantize`)."""
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise CrossVISError(str(output), "the ONNX output file must end in .onnx")
+    if int8_calibration is not None:
+        from crossvis.engine.onnx_quantize import calibration_sources, quantize_int8
+
+        calibration_sources(int8_calibration)  # a wrong path fails before the export's minute of work
+        with tempfile.TemporaryDirectory(prefix="crossvis-onnx-") as tmp:
+            fp32 = export_onnx(weights, Path(tmp) / "fp32.onnx", example_size=example_size)
+            return quantize_int8(fp32, output, int8_calibration, frames=calibration_frames)
     import onnx
 
     from crossvis.modeling.weights import load_model
 
-    output = Path(output)
-    if output.suffix != ".onnx":
-        raise CrossVISError(str(output), "the ONNX output file must end in .onnx")
     model, w = load_model(weights, "cpu")
     net = FrameNetwork(model).eval()
     hd = torch.export.Dim("h32", min=1, max=128)

@@ -107,6 +107,7 @@ class OnnxModel:
             stored_config(meta["crossvis_config"], f"{path} (metadata)"), config, overrides
         )
         self.config = cfg
+        self.precision = meta.get("precision", "fp32")  # "int8": quantised (crossvis.engine.onnx_quantize)
         self.class_names = json.loads(meta.get("class_names", "[]"))
         self.category_ids = json.loads(meta.get("category_ids", "[]")) or list(
             range(1, len(self.class_names) + 1)

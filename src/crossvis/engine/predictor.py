@@ -84,6 +84,16 @@ class VideoResult:
         ]
 
 
+def network_input(frame: np.ndarray, min_size: int, max_size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB frame -> (3, h, w) uint8 tensor at the test size (shortest side ``min_size``,
+    longest at most ``max_size``), as the model's ``preprocess`` takes it."""
+    h, w = frame.shape[:2]
+    nh, nw = resize_shape(h, w, min_size, max_size)
+    if (nh, nw) != (h, w):
+        frame = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR))
+    return torch.from_numpy(np.array(frame)).permute(2, 0, 1)
+
+
 class VideoPredictor:
     """Run a CrossVIS model and the online tracker over videos.
 
@@ -176,11 +186,7 @@ class VideoPredictor:
         return OnlineTracker(self.stream_tracker_config() if stream else self.tracker_cfg)
 
     def _input(self, frame: np.ndarray) -> torch.Tensor:
-        h, w = frame.shape[:2]
-        nh, nw = resize_shape(h, w, self.cfg.input.min_size_test, self.cfg.input.max_size_test)
-        if (nh, nw) != (h, w):
-            frame = np.asarray(Image.fromarray(frame).resize((nw, nh), Image.BILINEAR))
-        return torch.from_numpy(np.array(frame)).permute(2, 0, 1)
+        return network_input(frame, self.cfg.input.min_size_test, self.cfg.input.max_size_test)
 
     def detect(self, frames: list[np.ndarray]):
         """Per-frame detections (no tracking) of a small batch of (H, W, 3) uint8 RGB frames."""
