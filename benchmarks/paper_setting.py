@@ -230,8 +230,9 @@ def paired(a: dict[int, float], b: dict[int, float], k: str) -> str:
     return f"{np.mean(d):+.1f} [{lo:+.1f}, {hi:+.1f}] ({better}/{len(d)} seeds better)"
 
 
-def report_lines(records: list[dict]) -> list[str]:
-    """The generated block: per-row tables, paired crossover comparisons, tracker options."""
+def report_lines(records: list[dict], *, full: bool = True) -> list[str]:
+    """The generated block: per-row tables, paired crossover comparisons, tracker options; ``full``: also
+    every run and the commands."""
 
     def of(name: str, tracker: str = "official") -> dict[int, dict]:
         return {
@@ -300,6 +301,8 @@ def report_lines(records: list[dict]) -> list[str]:
                 ).replace("seeds", "runs")
             )
         lines.append(f"| {tracker} | " + " | ".join(cells) + " |")
+    if not full:
+        return lines + ["", "Every run and its command: [paper_setting.md](paper_setting.md).", "", END]
     lines += [
         "",
         "### Every run (official tracker)",
@@ -319,12 +322,13 @@ def report_lines(records: list[dict]) -> list[str]:
     return lines + ["", END]
 
 
-def write_report(path: Path, records: list[dict]) -> None:
-    """Replace the generated block of ``path`` (text outside the markers is kept)."""
+def write_report(path: Path, records: list[dict], *, full: bool = True) -> None:
+    """Replace the generated block of ``path`` (text outside the markers is kept); ``full=False``: the
+    summary tables only (the block in reports/ablation.md)."""
     from crossvis.io import atomic_write
 
     old = path.read_text() if path.is_file() else ""
-    block = "\n".join(report_lines(records))
+    block = "\n".join(report_lines(records, full=full))
     if BEGIN in old and END in old:
         text = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
     else:
@@ -409,6 +413,11 @@ def main() -> None:
     ap.add_argument("--val-videos", type=int, default=30)
     ap.add_argument("--out", default="reports/paper_setting", help="data, runs and paper_setting.json")
     ap.add_argument("--report", default="reports/paper_setting.md", help="markdown file with the tables")
+    ap.add_argument(
+        "--summary-in",
+        default="reports/ablation.md",
+        help="also write the summary tables into this file's generated block ('' for none)",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, each with cores/jobs threads")
     args = ap.parse_args()
     rows = STUDY_ROWS if args.rows == ["all"] else args.rows
@@ -471,6 +480,8 @@ def main() -> None:
         for f in [pool.submit(one, job) for job in todo]:
             f.result()
     write_report(Path(args.report), records)
+    if args.summary_in:  # the summary tables in the ablation report too (between the same markers)
+        write_report(Path(args.summary_in), records, full=False)
     plot(Path(args.report).with_suffix(".png"), records)
 
 

@@ -76,6 +76,12 @@ def test_report_has_every_table(tmp_path):
     assert text.startswith("# kept") and text.endswith("tail\n") and "\nold\n" not in text
     assert "| global_focal+crossover vs global_focal | +0.0" in text
     assert all(f"| {t} |" in text for t in ps.TRACKERS)
+    assert "### Every run" in text and "crossvis train x" in text
+    short = tmp_path / "s.md"
+    ps.write_report(short, records, full=False)
+    text = short.read_text()
+    assert "| global_focal+crossover vs global_focal |" in text and "### Every run" not in text
+    assert text.rstrip().endswith(ps.END)
     pytest.importorskip("matplotlib")
     ps.plot(tmp_path / "r.png", records)
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
