@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ablation import ROWS, flow, run_dir, run_train, train_command, val_split
+from ablation import ROWS, flow, row_table, run_dir, run_train, train_command, val_split
 
 APPEARANCE = {
     # difficulty 1.0, not the planned 1.5: decided before any row ran, for the CPU budget (600 iterations per
@@ -249,17 +249,10 @@ def report_lines(records: list[dict], *, full: bool = True) -> list[str]:
         "",
     ]
     for title, rows in TABLES.items():
-        lines += [
-            f"### {title}",
-            "",
-            "| row | seeds | " + " | ".join(METRICS) + " |",
-            "|---|---|" + "---|" * len(METRICS),
-        ]
-        for name in rows:
-            runs = of(name)
-            cells = [summary([m[k] for m in runs.values()], k) for k in METRICS]
-            lines.append(f"| {name} | {','.join(map(str, sorted(runs)))} | " + " | ".join(cells) + " |")
-        lines.append("")
+        seeds = {name: ",".join(map(str, sorted(of(name)))) for name in rows}
+        lines += row_table(
+            title, rows, METRICS, seeds, lambda name, k: summary([m[k] for m in of(name).values()], k)
+        )
     lines += [
         "### Crossover, paired by seed (with minus without)",
         "",

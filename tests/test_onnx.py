@@ -228,6 +228,14 @@ def test_int8_needs_onnx_and_calibration(tmp_path, calibration_videos):
         and r.stderr == f"crossvis: error: {missing}: no such video file, frame folder or webcam index\n"
     )
     assert not out.exists() and list(tmp_path.iterdir()) == []
+    r = run_cli(
+        "export", "synthetic-tiny", "--format", "onnx", "--int8", "--calibration", calibration_videos,
+        "--calibration-frames", "0", "--output", out,
+    )  # fmt: skip
+    assert (
+        r.returncode == 2 and r.stderr == "crossvis: error: --calibration-frames: must be at least 1, got 0\n"
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_int8_calibration_frames_spread_over_sources(onnx_file, calibration_videos):

@@ -279,6 +279,20 @@ def _endpoints(runner: Runner) -> tuple:
     """The page's two functions; Gradio reads their signatures (one parameter per input, then the progress
     bar it injects)."""
 
+    def run(upload, annotations, sample, weights, threshold, folder_fps, tracker, progress):
+        """One page run; ``tracker``: the tracker controls' values in TRACKER_FIELDS order."""
+        out = runner.process(
+            upload,
+            annotations,
+            sample=sample,
+            weights=weights,
+            threshold=threshold,
+            folder_fps=folder_fps,
+            tracker=dict(zip(TRACKER_FIELDS, tracker)),
+            progress=progress,
+        )
+        return _page_outputs(out)
+
     def process(
         upload,
         annotations,
@@ -293,23 +307,8 @@ def _endpoints(runner: Runner) -> tuple:
         use_embedding,
         progress=gr.Progress(),  # noqa: B008 - how Gradio injects a progress bar
     ):
-        values = dict(
-            zip(
-                TRACKER_FIELDS,
-                (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding),
-            )
-        )
-        out = runner.process(
-            upload,
-            annotations,
-            sample=False,
-            weights=weights,
-            threshold=threshold,
-            folder_fps=folder_fps,
-            tracker=values,
-            progress=progress,
-        )
-        return _page_outputs(out)
+        tracker = (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding)
+        return run(upload, annotations, False, weights, threshold, folder_fps, tracker, progress)
 
     def sample(
         weights,
@@ -322,23 +321,8 @@ def _endpoints(runner: Runner) -> tuple:
         use_embedding,
         progress=gr.Progress(),  # noqa: B008 - how Gradio injects a progress bar
     ):
-        values = dict(
-            zip(
-                TRACKER_FIELDS,
-                (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding),
-            )
-        )
-        out = runner.process(
-            None,
-            None,
-            sample=True,
-            weights=weights,
-            threshold=threshold,
-            folder_fps=SAMPLE_FPS,
-            tracker=values,
-            progress=progress,
-        )
-        return _page_outputs(out)
+        tracker = (match_threshold, memory_momentum, max_missed, min_new_score, hungarian, use_embedding)
+        return run(None, None, True, weights, threshold, SAMPLE_FPS, tracker, progress)
 
     return process, sample
 

@@ -111,6 +111,18 @@ def quiet_onnx_tools() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def write_metadata(path: str | os.PathLike, meta: dict[str, str]) -> None:
+    """Set the ``metadata_props`` of the ``.onnx`` file at ``path`` to ``meta`` (rewrites the file)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
 def _export(module: nn.Module, args: tuple, path: Path, *, inputs, outputs, dynamic_shapes) -> None:
     """torch.onnx.export with the dynamo exporter (torch 2.9+ default; the TorchScript one is deprecated)."""
     with quiet_onnx_tools():
@@ -144,14 +156,12 @@ def export_onnx(
     if output.suffix != ".onnx":
         raise CrossVISError(str(output), "the ONNX output file must end in .onnx")
     if int8_calibration is not None:
-        from crossvis.engine.onnx_quantize import calibration_sources, quantize_int8
+        from crossvis.engine.onnx_quantize import check_calibration, quantize_int8
 
-        calibration_sources(int8_calibration)  # a wrong path fails before the export's minute of work
+        check_calibration(int8_calibration, calibration_frames)  # before the export's minute of work
         with tempfile.TemporaryDirectory(prefix="crossvis-onnx-") as tmp:
             fp32 = export_onnx(weights, Path(tmp) / "fp32.onnx", example_size=example_size)
             return quantize_int8(fp32, output, int8_calibration, frames=calibration_frames)
-    import onnx
-
     from crossvis.modeling.weights import load_model
 
     model, w = load_model(weights, "cpu")
@@ -187,18 +197,16 @@ def export_onnx(
                     outputs=NETWORK_OUTPUTS,
                     dynamic_shapes={"image": {2: 32 * hd, 3: 32 * wd}},
                 )
-                proto = onnx.load(str(tmp))
-                meta = {
-                    "format": FORMAT,
-                    "crossvis_config": dump_config(w.config),
-                    "class_names": json.dumps(list(w.class_names)),
-                    "category_ids": json.dumps(list(w.category_ids)),
-                    "crossvis_mask_head_onnx": base64.b64encode(mask_bytes).decode("ascii"),
-                }
-                for key, value in meta.items():
-                    entry = proto.metadata_props.add()
-                    entry.key, entry.value = key, value
-                onnx.save(proto, str(tmp))
+                write_metadata(
+                    tmp,
+                    {
+                        "format": FORMAT,
+                        "crossvis_config": dump_config(w.config),
+                        "class_names": json.dumps(list(w.class_names)),
+                        "category_ids": json.dumps(list(w.category_ids)),
+                        "crossvis_mask_head_onnx": base64.b64encode(mask_bytes).decode("ascii"),
+                    },
+                )
     finally:
         mask_path.unlink(missing_ok=True)
     return output

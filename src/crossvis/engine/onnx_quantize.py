@@ -78,6 +78,13 @@ def calibration_sources(source: str | os.PathLike) -> list:
     return sources
 
 
+def check_calibration(source: str | os.PathLike, frames: int) -> None:
+    """Refuse a calibration setting that cannot work (CrossVISError), before any export or quantisation."""
+    if frames < 1:
+        raise CrossVISError("--calibration-frames", f"must be at least 1, got {frames}")
+    calibration_sources(source)
+
+
 def calibration_inputs(onnx_model, source: str | os.PathLike, frames: int) -> list[np.ndarray]:
     """Up to ``frames`` frames spread over ``source`` (a video, a folder of frames, or many of them as
     ``predict`` takes them: a folder of videos, a glob, a list file), resized and normalised as inference
@@ -132,11 +139,10 @@ def quantize_int8(
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise CrossVISError("onnx", "int8 needs ONNX Runtime: pip install 'crossvis[onnx]'") from None
-    from crossvis.engine.onnx_export import quiet_onnx_tools
+    from crossvis.engine.onnx_export import quiet_onnx_tools, write_metadata
     from crossvis.engine.onnx_runtime import OnnxModel
 
-    if frames < 1:
-        raise CrossVISError("--calibration-frames", f"must be at least 1, got {frames}")
+    check_calibration(calibration, frames)
     output = Path(output)
     if output.suffix != ".onnx":
         raise CrossVISError(str(output), "the ONNX output file must end in .onnx")
@@ -178,12 +184,7 @@ def quantize_int8(
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"CalibPercentile": 99.999},
         )
-        proto = onnx.load(str(dst))
         meta = {p.key: p.value for p in source.metadata_props}
         meta.update(precision="int8", calibration=f"{calibration} ({len(inputs)} frames)")
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(dst))
+        write_metadata(dst, meta)
     return output
